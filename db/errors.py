@@ -1,0 +1,39 @@
+"""Database failures classified by what the caller can do about them."""
+
+from sqlalchemy.exc import DBAPIError
+
+SERIALIZATION_FAILURE = "40001"
+DEADLOCK_DETECTED = "40P01"
+NO_MATCHING_CONFLICT_TARGET = "42P10"  # ON CONFLICT names columns with no unique index
+UNIQUE_VIOLATION = "23505"
+QUERY_CANCELED = "57014"  # statement_timeout, or a cancel request
+
+_RETRYABLE_SQLSTATES = {SERIALIZATION_FAILURE, DEADLOCK_DETECTED}
+
+
+class MissingConflictTarget(Exception):
+    """An `ON CONFLICT` statement found no unique constraint to match in the live database."""
+
+    def __init__(self, statement_name: str) -> None:
+        super().__init__(f"no unique constraint matches the ON CONFLICT target of {statement_name}")
+        self.statement_name = statement_name
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The PostgreSQL SQLSTATE behind `error`, looking through SQLAlchemy's wrappers."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = getattr(current, "sqlstate", None) or getattr(current, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        current = getattr(current, "orig", None) or current.__cause__
+    return None
+
+
+def is_retryable(error: BaseException) -> bool:
+    """True for failures after which repeating the whole unit of work is safe and useful."""
+    if sqlstate_of(error) in _RETRYABLE_SQLSTATES:
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated

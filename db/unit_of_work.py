@@ -1,0 +1,57 @@
+"""Units of work: one AsyncSession and one transaction each, retried whole when safe."""
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from db.errors import is_retryable
+
+log = logging.getLogger("wa_inbox.db")
+
+T = TypeVar("T")
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@asynccontextmanager
+async def unit_of_work(sessions: Sessions) -> AsyncIterator[AsyncSession]:
+    """A session inside one transaction: committed when the block succeeds, else rolled back.
+
+    The session (and its connection) is closed on the way out whatever happened, so a failed
+    statement can never leave a broken transaction behind for the next unit of work.
+    """
+    async with sessions() as session, session.begin():
+        yield session
+
+
+async def run_unit_of_work(
+    sessions: Sessions,
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    attempts: int = 3,
+    base_delay_s: float = 0.02,
+) -> T:
+    """Run `work` in a fresh unit of work, repeating it whole after a retryable failure.
+
+    Retryable means a serialization failure, a deadlock or a connection that died: the
+    transaction was rolled back as a whole, so running it again cannot apply anything twice.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            async with unit_of_work(sessions) as session:
+                return await work(session)
+        except Exception as error:
+            if attempt == attempts or not is_retryable(error):
+                raise
+            log.warning(
+                "[WA-SESSION] unit of work failed (%s), retrying (attempt %d of %d)",
+                type(error).__name__,
+                attempt + 1,
+                attempts,
+            )
+            await asyncio.sleep(base_delay_s * (2 ** (attempt - 1)) * (1 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,29 @@
+"""Errors the domain raises on purpose, each with the code clients see in `extensions.code`."""
+
+
+class DomainError(Exception):
+    code = "INTERNAL_SERVER_ERROR"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(DomainError):
+    """The caller sent something that can never succeed as sent; nothing was stored."""
+
+    code = "BAD_USER_INPUT"
+
+
+class NotFound(DomainError):
+    """Nothing of the caller's business matches (another business's rows included)."""
+
+    code = "NOT_FOUND"
+
+
+class Unauthenticated(DomainError):
+    code = "UNAUTHENTICATED"
+
+
+class Forbidden(DomainError):
+    code = "FORBIDDEN"

@@ -1,0 +1,237 @@
+"""Storing a message: threading by canonical key, dedupe by provider message id.
+
+One ingest is one unit of work. The conversation is created or touched by one
+`INSERT ... ON CONFLICT DO UPDATE`, the message by `INSERT ... ON CONFLICT DO NOTHING`; the
+database settles every race between concurrent deliveries.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import statements
+from db.errors import MissingConflictTarget
+from db.unit_of_work import Sessions, run_unit_of_work
+from domain.canonical_keys import canonical_key, normalize_lead_id
+from domain.errors import BadInput
+from domain.metrics import InboxMetrics
+from domain.models import Direction, Message, MessageStatus, Source, Thread
+from domain.phones import normalize_phone
+
+log = logging.getLogger("wa_inbox.messages")
+
+MAX_BODY_LENGTH = 65_536
+MAX_PROVIDER_MESSAGE_ID_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message as a caller hands it in, before any rule is applied."""
+
+    phone: str
+    direction: Direction
+    source: Source
+    lead_id: str | None = None
+    body: str | None = None
+    provider_message_id: str | None = None
+    sent_at: datetime | None = None
+    historical: bool = False
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    message: Message
+    thread: Thread
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class _CheckedMessage:
+    business_id: int
+    canonical_key: str
+    phone_e164: str
+    lead_id: str | None
+    direction: Direction
+    source: Source
+    status: MessageStatus
+    body: str | None
+    provider_message_id: str | None
+    sent_at: datetime
+    historical: bool
+
+
+class _ProviderIdTaken(Exception):
+    """A concurrent delivery of the same provider id committed first."""
+
+
+def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> _CheckedMessage:
+    """Apply every input rule before touching the database, so bad input stores nothing."""
+    customer_side = incoming.source is Source.CUSTOMER
+    if customer_side != (incoming.direction is Direction.INBOUND):
+        raise BadInput(
+            f"source {incoming.source.name} does not fit direction {incoming.direction.name}: "
+            "customer messages are INBOUND; bot, automation and human messages are OUTBOUND"
+        )
+    phone_e164 = normalize_phone(incoming.phone, default_region)
+    lead_id = normalize_lead_id(incoming.lead_id)
+    if incoming.body is not None:
+        if len(incoming.body) > MAX_BODY_LENGTH:
+            raise BadInput(f"body must be at most {MAX_BODY_LENGTH} characters")
+        if "\x00" in incoming.body:
+            raise BadInput("body must not contain NUL characters")
+    provider_message_id = incoming.provider_message_id
+    if provider_message_id is not None:
+        provider_message_id = provider_message_id.strip()
+        if not provider_message_id:
+            raise BadInput("providerMessageId must not be empty; omit it instead")
+        if (
+            len(provider_message_id) > MAX_PROVIDER_MESSAGE_ID_LENGTH
+            or "\x00" in provider_message_id
+        ):
+            raise BadInput(
+                f"providerMessageId must be at most {MAX_PROVIDER_MESSAGE_ID_LENGTH} characters"
+            )
+    sent_at = incoming.sent_at or datetime.now(UTC)
+    if sent_at.tzinfo is None or sent_at.utcoffset() is None:
+        raise BadInput("sentAt must carry a UTC offset, for example 2026-11-25T10:00:00Z")
+    if incoming.direction is Direction.INBOUND:
+        status = MessageStatus.RECEIVED
+    else:
+        status = MessageStatus.SENT if provider_message_id else MessageStatus.PENDING
+    return _CheckedMessage(
+        business_id=business_id,
+        canonical_key=canonical_key(business_id, lead_id=lead_id, phone_e164=phone_e164),
+        phone_e164=phone_e164,
+        lead_id=lead_id,
+        direction=incoming.direction,
+        source=incoming.source,
+        status=status,
+        body=incoming.body,
+        provider_message_id=provider_message_id,
+        sent_at=sent_at,
+        historical=incoming.historical,
+    )
+
+
+async def ingest_message(
+    sessions: Sessions,
+    business_id: int,
+    incoming: IncomingMessage,
+    *,
+    default_region: str,
+    metrics: InboxMetrics,
+) -> IngestOutcome:
+    """Store `incoming` in its thread once, however often and concurrently it is delivered."""
+    message = _check(business_id, incoming, default_region)
+    try:
+        outcome = await _store_once(sessions, message, serialized=False)
+    except MissingConflictTarget as failure:
+        # The seed incident: an ON CONFLICT target without its unique constraint. The failed
+        # transaction is gone with its unit of work; the retry starts a fresh one.
+        metrics.conversation_upsert_failures += 1
+        metrics.serialized_fallbacks += 1
+        log.error(
+            "[WA-SESSION] %s failed for business_id=%s canonical_key=%s provider_message_id=%s: "
+            "retrying once in a fresh transaction through the serialized fallback",
+            failure.statement_name,
+            business_id,
+            message.canonical_key,
+            message.provider_message_id,
+        )
+        outcome = await _store_once(sessions, message, serialized=True)
+    if outcome.duplicate:
+        metrics.duplicates_skipped += 1
+        log.info(
+            "[WA-DEDUPE] provider_message_id=%s already stored for business_id=%s "
+            "(message_id=%s thread_id=%s): skipped",
+            message.provider_message_id,
+            business_id,
+            outcome.message.id,
+            outcome.thread.id,
+        )
+    else:
+        metrics.messages_stored += 1
+        log.info(
+            "[WA-SESSION] stored message_id=%s in thread_id=%s for business_id=%s "
+            "provider_message_id=%s",
+            outcome.message.id,
+            outcome.thread.id,
+            business_id,
+            message.provider_message_id,
+        )
+    return outcome
+
+
+async def _store_once(
+    sessions: Sessions, message: _CheckedMessage, *, serialized: bool
+) -> IngestOutcome:
+    for _ in range(3):
+        try:
+            return await run_unit_of_work(
+                sessions, lambda session: _store(session, message, serialized=serialized)
+            )
+        except _ProviderIdTaken:
+            # ON CONFLICT DO NOTHING waited for the concurrent writer to finish, so a fresh
+            # read sees its row; if that writer rolled back instead, store ours again.
+            duplicate = await run_unit_of_work(
+                sessions, lambda session: _find_duplicate(session, message)
+            )
+            if duplicate is not None:
+                return duplicate
+    raise RuntimeError(f"provider id {message.provider_message_id!r} kept changing hands")
+
+
+async def _find_duplicate(session: AsyncSession, message: _CheckedMessage) -> IngestOutcome | None:
+    if message.provider_message_id is None:
+        return None
+    row = await statements.find_message_by_provider_id(
+        session, message.business_id, message.provider_message_id
+    )
+    if row is None:
+        return None
+    stored = Message.from_row(row)
+    threads = await statements.conversations_by_ids(
+        session, message.business_id, [stored.thread_id]
+    )
+    return IngestOutcome(stored, Thread.from_row(threads[stored.thread_id]), duplicate=True)
+
+
+async def _store(
+    session: AsyncSession, message: _CheckedMessage, *, serialized: bool
+) -> IngestOutcome:
+    # Redeliveries are the common case for webhooks: answer them without writing.
+    duplicate = await _find_duplicate(session, message)
+    if duplicate is not None:
+        return duplicate
+
+    upsert = (
+        statements.upsert_conversation_serialized if serialized else statements.upsert_conversation
+    )
+    conversation = await upsert(
+        session,
+        business_id=message.business_id,
+        canonical_key=message.canonical_key,
+        phone_e164=message.phone_e164,
+        lead_id=message.lead_id,
+        message_at=message.sent_at,
+        reopen=message.direction is Direction.INBOUND and not message.historical,
+    )
+    insert = statements.insert_message_serialized if serialized else statements.insert_message
+    row = await insert(
+        session,
+        business_id=message.business_id,
+        conversation_id=conversation["id"],
+        seq=conversation["message_seq"],
+        provider_message_id=message.provider_message_id,
+        direction=message.direction.value,
+        source=message.source.value,
+        status=message.status.value,
+        body=message.body,
+        sent_at=message.sent_at,
+        historical=message.historical,
+    )
+    if row is None:
+        raise _ProviderIdTaken
+    return IngestOutcome(Message.from_row(row), Thread.from_row(conversation), duplicate=False)

@@ -1,0 +1,17 @@
+"""Counters operators read on /metrics: how often the server had to work around trouble."""
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class InboxMetrics:
+    """Process-wide counters; one instance per application, passed to the domain services."""
+
+    conversation_upsert_failures: int = 0
+    serialized_fallbacks: int = 0
+    duplicates_skipped: int = 0
+    messages_stored: int = 0
+    threads_marked_read: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}

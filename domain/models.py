@@ -1,0 +1,92 @@
+"""Threads and messages as the rest of the code sees them, built from stored rows."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+
+class Direction(Enum):
+    INBOUND = "in"
+    OUTBOUND = "out"
+
+
+class Source(Enum):
+    CUSTOMER = "customer"
+    BOT = "bot"
+    AUTOMATION = "automation"
+    HUMAN = "human"
+
+
+class MessageStatus(Enum):
+    RECEIVED = "received"
+    PENDING = "pending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class ThreadStatus(Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Thread:
+    id: int
+    business_id: int
+    canonical_key: str
+    phone_e164: str | None
+    lead_id: str | None
+    status: ThreadStatus
+    started_at: datetime
+    last_message_at: datetime
+    last_read_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> "Thread":
+        return cls(
+            id=row["id"],
+            business_id=row["business_id"],
+            canonical_key=row["canonical_key"],
+            phone_e164=row["phone_e164"],
+            lead_id=row["lead_id"],
+            status=ThreadStatus(row["status"]),
+            started_at=row["started_at"],
+            last_message_at=row["last_message_at"],
+            last_read_at=row["last_read_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    id: int
+    business_id: int
+    thread_id: int
+    direction: Direction
+    source: Source
+    status: MessageStatus
+    body: str | None
+    provider_message_id: str | None
+    sent_at: datetime
+    created_at: datetime
+    historical: bool
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> "Message":
+        return cls(
+            id=row["id"],
+            business_id=row["business_id"],
+            thread_id=row["conversation_id"],
+            direction=Direction(row["direction"]),
+            source=Source(row["source"]),
+            status=MessageStatus(row["status"]),
+            body=row["body"],
+            provider_message_id=row["provider_message_id"],
+            sent_at=row["sent_at"],
+            created_at=row["created_at"],
+            historical=row["historical"],
+        )

@@ -1,0 +1,77 @@
+"""Read tracking: what is unread, and moving a thread's read point.
+
+Unread = inbound, not deleted, not historical, and stored after the thread was last marked
+read. "After" is decided by the thread's message sequence, taken under the thread's row
+lock, so a late webhook (old provider timestamp, stored after the read) still counts.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import statements
+from db.unit_of_work import Sessions, run_unit_of_work
+from domain.errors import BadInput, NotFound
+from domain.metrics import InboxMetrics
+from domain.models import Thread
+from domain.threads import find_thread_by_phone
+
+log = logging.getLogger("wa_inbox.read_state")
+
+
+@dataclass(frozen=True)
+class ReadOutcome:
+    thread: Thread
+    total_unread: int
+
+
+async def unread_counts(
+    session: AsyncSession, business_id: int, thread_ids: Sequence[int]
+) -> dict[int, int]:
+    """Unread messages of each thread (0 for threads with none), in one statement."""
+    counts = await statements.unread_counts(session, business_id, thread_ids)
+    return {thread_id: counts.get(thread_id, 0) for thread_id in thread_ids}
+
+
+async def total_unread(session: AsyncSession, business_id: int) -> int:
+    """The business's unread badge: unread messages over all its threads."""
+    return await statements.total_unread(session, business_id)
+
+
+async def mark_thread_read(
+    sessions: Sessions,
+    business_id: int,
+    *,
+    thread_id: int | None = None,
+    phone: str | None = None,
+    default_region: str,
+    metrics: InboxMetrics,
+) -> ReadOutcome:
+    """Mark everything stored in the thread so far as read; the read point never moves back."""
+    if (thread_id is None) == (phone is None):
+        raise BadInput("give exactly one of threadId or phone")
+
+    async def mark(session: AsyncSession) -> ReadOutcome:
+        target = thread_id
+        if target is None:
+            assert phone is not None
+            found = await find_thread_by_phone(session, business_id, phone, default_region)
+            if found is None:
+                raise NotFound("no thread for that phone")
+            target = found.id
+        row = await statements.mark_conversation_read(session, business_id, target)
+        if row is None:
+            raise NotFound("no thread with that id")
+        return ReadOutcome(Thread.from_row(row), await total_unread(session, business_id))
+
+    outcome = await run_unit_of_work(sessions, mark)
+    metrics.threads_marked_read += 1
+    log.info(
+        "[WA-MARK-READ] business_id=%s thread_id=%s marked read; business unread now %s",
+        business_id,
+        outcome.thread.id,
+        outcome.total_unread,
+    )
+    return outcome

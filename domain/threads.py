@@ -1,0 +1,146 @@
+"""Reading threads and their messages, always within one business."""
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import statements
+from domain.canonical_keys import canonical_key, normalize_lead_id
+from domain.errors import BadInput
+from domain.models import Message, Thread
+from domain.pagination import (
+    DEFAULT_PAGE_SIZE,
+    Page,
+    check_page_size,
+    decode_cursor,
+    encode_cursor,
+)
+from domain.phones import normalize_phone
+
+THREAD_CURSOR = "thread"
+MESSAGE_CURSOR = "message"
+
+
+async def find_thread(
+    session: AsyncSession,
+    business_id: int,
+    *,
+    thread_id: int | None = None,
+    phone: str | None = None,
+    lead_id: str | None = None,
+    default_region: str,
+) -> Thread | None:
+    """The thread named by id, by lead id, or by phone (in that order of precedence).
+
+    By phone, the thread keyed by that phone wins; a customer whose thread is keyed by a lead
+    is found through the phone stored on it.
+    """
+    if thread_id is not None:
+        rows = await statements.conversations_by_ids(session, business_id, [thread_id])
+        row = rows.get(thread_id)
+        return Thread.from_row(row) if row is not None else None
+    lead = normalize_lead_id(lead_id)
+    if lead is not None:
+        key = canonical_key(business_id, lead_id=lead, phone_e164=None)
+        row = await statements.find_conversation_by_key(session, business_id, key)
+        return Thread.from_row(row) if row is not None else None
+    if phone is not None:
+        return await find_thread_by_phone(session, business_id, phone, default_region)
+    raise BadInput("give one of id, leadId or phone")
+
+
+async def find_thread_by_phone(
+    session: AsyncSession, business_id: int, phone: str, default_region: str
+) -> Thread | None:
+    phone_e164 = normalize_phone(phone, default_region)
+    key = canonical_key(business_id, lead_id=None, phone_e164=phone_e164)
+    row = await statements.find_conversation_by_key(session, business_id, key)
+    if row is None:
+        row = await statements.find_latest_conversation_by_phone(session, business_id, phone_e164)
+    return Thread.from_row(row) if row is not None else None
+
+
+async def threads_by_ids(
+    session: AsyncSession, business_id: int, thread_ids: Sequence[int]
+) -> dict[int, Thread]:
+    rows = await statements.conversations_by_ids(session, business_id, thread_ids)
+    return {thread_id: Thread.from_row(row) for thread_id, row in rows.items()}
+
+
+async def latest_messages(
+    session: AsyncSession, business_id: int, thread_ids: Sequence[int]
+) -> dict[int, Message]:
+    rows = await statements.latest_messages(session, business_id, thread_ids)
+    return {thread_id: Message.from_row(row) for thread_id, row in rows.items()}
+
+
+async def find_message(session: AsyncSession, business_id: int, message_id: int) -> Message | None:
+    row = await statements.find_message(session, business_id, message_id)
+    return Message.from_row(row) if row is not None else None
+
+
+async def list_threads(
+    session: AsyncSession,
+    business_id: int,
+    *,
+    first: int | None,
+    after: str | None,
+    unread_only: bool,
+) -> Page[Thread]:
+    """Threads by latest activity first, `first` at a time after the cursor `after`."""
+    size = check_page_size(first, "first")
+    size = DEFAULT_PAGE_SIZE if size is None else size
+    position = decode_cursor(THREAD_CURSOR, after, "after")
+    rows = await statements.page_conversations(
+        session, business_id, limit=size + 1, after=position, unread_only=unread_only
+    )
+    threads = [Thread.from_row(row) for row in rows[:size]]
+    return Page(
+        items=threads,
+        cursors=[encode_cursor(THREAD_CURSOR, (t.last_message_at, t.id)) for t in threads],
+        has_next_page=len(rows) > size,
+        has_previous_page=position is not None,
+    )
+
+
+async def list_messages(
+    session: AsyncSession,
+    business_id: int,
+    thread_id: int,
+    *,
+    first: int | None,
+    after: str | None,
+    last: int | None,
+    before: str | None,
+) -> Page[Message]:
+    """A page of one thread in chronological order, with Relay's cursor rules.
+
+    `first`/`after` page forward from the start, `last`/`before` page backward from the end;
+    with neither size given, the first DEFAULT_PAGE_SIZE messages are returned.
+    """
+    first = check_page_size(first, "first")
+    last = check_page_size(last, "last")
+    if first is not None and last is not None:
+        raise BadInput("give `first` or `last`, not both")
+    after_position = decode_cursor(MESSAGE_CURSOR, after, "after")
+    before_position = decode_cursor(MESSAGE_CURSOR, before, "before")
+    from_end = last is not None
+    size = last if last is not None else (first if first is not None else DEFAULT_PAGE_SIZE)
+    rows = await statements.page_messages(
+        session,
+        business_id,
+        thread_id,
+        after=after_position,
+        before=before_position,
+        limit=size + 1,
+        from_end=from_end,
+    )
+    more = len(rows) > size
+    rows = rows[1:] if from_end and more else rows[:size]
+    found = [Message.from_row(row) for row in rows]
+    return Page(
+        items=found,
+        cursors=[encode_cursor(MESSAGE_CURSOR, (m.sent_at, m.id)) for m in found],
+        has_next_page=more if not from_end else before_position is not None,
+        has_previous_page=more if from_end else after_position is not None,
+    )

@@ -1,0 +1,1 @@
+"""The GraphQL edge of wa-inbox: schema, resolvers, HTTP and the application factory."""

@@ -1,0 +1,82 @@
+"""Command line: `python -m gql serve | migrate | export-schema | token`."""
+
+import argparse
+import logging
+import sys
+
+from db.embedded import start_embedded_postgres
+from db.migrations import upgrade_to_head
+from gql.auth import issue_token
+from gql.settings import Settings, SettingsError
+
+log = logging.getLogger("wa_inbox")
+
+
+def _database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    log.info("DATABASE_URL is not set: starting the embedded PostgreSQL in %s", settings.data_dir)
+    return start_embedded_postgres(settings.data_dir)
+
+
+def serve(settings: Settings) -> None:
+    import dataclasses
+
+    import uvicorn
+
+    from gql.app import create_app
+
+    url = _database_url(settings)
+    upgrade_to_head(url)
+    log.info(
+        "migrations applied; serving GraphQL at http://%s:%s/graphql", settings.host, settings.port
+    )
+    app = create_app(dataclasses.replace(settings, database_url=url))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gql", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="apply migrations and serve (the default of `make run`)")
+    commands.add_parser("migrate", help="apply migrations (alembic upgrade head)")
+    commands.add_parser("export-schema", help="print the schema as SDL (schema.graphql)")
+    token = commands.add_parser("token", help="print a bearer token signed with AUTH_SECRET")
+    token.add_argument("--business-id", type=int, required=True)
+    token.add_argument("--user", default="developer")
+    token.add_argument("--lifetime-days", type=int, default=30)
+    args = parser.parse_args(argv)
+
+    if args.command == "export-schema":
+        from gql.schema import schema_sdl
+
+        sys.stdout.write(schema_sdl())
+        return 0
+
+    try:
+        settings = Settings.from_environment()
+    except SettingsError as error:
+        parser.exit(2, f"configuration error: {error}\n")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    if args.command == "token":
+        if not settings.auth_secret:
+            parser.exit(2, "set AUTH_SECRET to sign a token the server will accept\n")
+        print(
+            issue_token(
+                settings.auth_secret,
+                user_id=args.user,
+                business_id=args.business_id,
+                lifetime_s=args.lifetime_days * 86400,
+            )
+        )
+    elif args.command == "migrate":
+        upgrade_to_head(_database_url(settings))
+    else:
+        serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""The application factory: `create_app(settings)` builds everything; nothing runs at import."""
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from db.engine import EngineOptions, build_engine, build_sessionmaker
+from domain.metrics import InboxMetrics
+from gql.auth import issue_token
+from gql.health import HealthEndpoints, check_database
+from gql.http import GraphQLEndpoint
+from gql.schema import build_schema
+from gql.settings import Settings
+
+log = logging.getLogger("wa_inbox.app")
+
+
+def development_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI application for `settings`; its lifespan owns the engine."""
+    if settings.database_url is None:
+        raise ValueError(
+            "create_app needs settings.database_url (see gql.__main__ for the embedded default)"
+        )
+    auth_secret = settings.auth_secret
+    if auth_secret is None:
+        auth_secret = development_secret()
+        log.warning(
+            "AUTH_SECRET is not set: using a generated development secret (tokens stop working "
+            "at restart). Development token for business_id=1:\n\n    Bearer %s\n",
+            issue_token(auth_secret, user_id="developer", business_id=1),
+        )
+    engine = build_engine(
+        settings.database_url, EngineOptions(statement_timeout_ms=settings.statement_timeout_ms)
+    )
+    sessions = build_sessionmaker(engine)
+    metrics = InboxMetrics()
+    graphql = GraphQLEndpoint(
+        build_schema(),
+        sessions=sessions,
+        auth_secret=auth_secret,
+        default_region=settings.default_region,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    health = HealthEndpoints(sessions, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        database = await check_database(sessions)
+        if not database.reachable:
+            log.error("[WA-SESSION] database unreachable at start-up; /readyz answers 503")
+        for name in database.missing_constraints:
+            log.error(
+                "[WA-SESSION] unique constraint %s is missing: its ON CONFLICT statement will fail "
+                "and writes go through the serialized fallback; restore it (alembic upgrade head)",
+                name,
+            )
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = Starlette(
+        routes=[
+            # Every method reaches the endpoint, which answers the ones it does not serve with
+            # a GraphQL-shaped 405.
+            Route("/graphql", graphql, methods=None),
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/metrics", health.metrics_text, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.metrics = metrics
+    return app

@@ -1,0 +1,62 @@
+"""The per-request context: who is asking, the request's reads, its DataLoaders."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.unit_of_work import Sessions
+from domain.metrics import InboxMetrics
+from gql.auth import Principal
+from gql.loaders import Loaders
+
+T = TypeVar("T")
+
+
+class RequestReads:
+    """The request's read unit of work: one session, opened on first use, closed at the end.
+
+    Resolvers run concurrently while a session serves one statement at a time, so reads
+    queue on a lock. Writes never go through here: each mutation has its own unit of work.
+    """
+
+    def __init__(self, sessions: Sessions) -> None:
+        self._sessions = sessions
+        self._session: AsyncSession | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with self._lock:
+            if self._session is None:
+                self._session = self._sessions()
+            return await read(self._session)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+
+@dataclass
+class Context:
+    request_id: str
+    principal: Principal
+    sessions: Sessions
+    default_region: str
+    metrics: InboxMetrics
+    reads: RequestReads = field(init=False)
+    loaders: Loaders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reads = RequestReads(self.sessions)
+        self.loaders = Loaders(self.reads.run, self.principal.business_id)
+
+    def forget_loaded(self) -> None:
+        """Drop what the loaders cached: a write just changed it."""
+        self.loaders = Loaders(self.reads.run, self.principal.business_id)
+
+    @property
+    def business_id(self) -> int:
+        return self.principal.business_id

@@ -1,0 +1,73 @@
+"""Liveness, readiness and counters for operators and load balancers."""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from db.statements import missing_conflict_targets
+from db.unit_of_work import Sessions, unit_of_work
+from domain.metrics import InboxMetrics
+
+log = logging.getLogger("wa_inbox.health")
+
+READINESS_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class DatabaseHealth:
+    reachable: bool
+    missing_constraints: tuple[str, ...] = ()
+
+
+async def check_database(sessions: Sessions) -> DatabaseHealth:
+    """Whether the database answers, and which ON CONFLICT constraints are missing."""
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT_S), unit_of_work(sessions) as session:
+            await session.execute(text("SELECT 1"))
+            missing = await missing_conflict_targets(session)
+    except (TimeoutError, OSError) as failure:
+        log.warning("database unreachable: %s", type(failure).__name__)
+        return DatabaseHealth(reachable=False)
+    except Exception as failure:  # any driver error here means "not ready", never a 500
+        log.warning("database check failed: %s", type(failure).__name__)
+        return DatabaseHealth(reachable=False)
+    return DatabaseHealth(reachable=True, missing_constraints=tuple(missing))
+
+
+class HealthEndpoints:
+    def __init__(self, sessions: Sessions, metrics: InboxMetrics) -> None:
+        self.sessions = sessions
+        self.metrics = metrics
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """503 while the database is unreachable; 200 otherwise, naming degraded parts."""
+        database = await check_database(self.sessions)
+        if not database.reachable:
+            return JSONResponse(
+                {"status": "unavailable", "checks": {"database": {"status": "unreachable"}}},
+                status_code=503,
+            )
+        constraints = {name: "missing" for name in database.missing_constraints}
+        database_check: dict[str, object] = {"status": "ok"}
+        if constraints:
+            database_check = {
+                "status": "degraded",
+                "missing_constraints": constraints,
+                "detail": "writes use the serialized fallback until the constraints are restored",
+            }
+        status = "degraded" if constraints else "ok"
+        return JSONResponse({"status": status, "checks": {"database": database_check}})
+
+    async def metrics_text(self, request: Request) -> Response:
+        lines = []
+        for name, value in self.metrics.as_dict().items():
+            lines.append(f"# TYPE wa_inbox_{name}_total counter")
+            lines.append(f"wa_inbox_{name}_total {value}")
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -1,0 +1,367 @@
+"""GraphQL over HTTP, as the GraphQL-over-HTTP specification says it (graphql-http's audit).
+
+`application/graphql-response+json` clients get 400 and no `data` entry for a request that
+fails before execution (malformed parameters, syntax, validation, variables);
+`application/json` clients get those errors with status 200, as the legacy media type expects.
+"""
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import strawberry
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    get_operation_ast,
+    parse,
+    validate,
+)
+from graphql.execution.values import get_variable_values
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, Response
+from starlette.types import Receive, Scope, Send
+from strawberry.http.ides import get_graphql_ide_html
+from strawberry.types import ExecutionResult
+
+from db.unit_of_work import Sessions
+from domain.errors import DomainError
+from domain.metrics import InboxMetrics
+from gql.auth import authenticate
+from gql.context import Context
+from gql.errors import request_error_code
+
+log = logging.getLogger("wa_inbox.http")
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+APPLICATION_JSON = "application/json"
+
+
+class RequestRejected(Exception):
+    """The request fails before execution; `status` is used whatever the media type."""
+
+    def __init__(
+        self, status: int, message: str, code: str, headers: Mapping[str, str] = {}
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.headers = dict(headers)
+
+
+class RequestInvalid(Exception):
+    """A malformed GraphQL-over-HTTP request: 400 for graphql-response+json, else 200."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(errors[0]["message"])
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class GraphQLParameters:
+    query: str
+    operation_name: str | None
+    variables: dict[str, Any] | None
+
+
+def _error(message: str, code: str) -> dict[str, Any]:
+    return {"message": message, "extensions": {"code": code}}
+
+
+def negotiate_media_type(accept: str | None) -> str | None:
+    """The response media type for an Accept header, or None when we can offer none."""
+    if accept is None or not accept.strip():
+        return APPLICATION_JSON
+    best: tuple[float, int, str] | None = None
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality <= 0:
+            continue
+        media = media.lower()
+        # A wildcard is answered with application/json, which every client understands.
+        if media == GRAPHQL_RESPONSE_JSON:
+            candidate = (quality, 1, GRAPHQL_RESPONSE_JSON)
+        elif media in (APPLICATION_JSON, "application/*", "*/*"):
+            candidate = (quality, 0, APPLICATION_JSON)
+        else:
+            continue
+        if best is None or candidate > best:
+            best = candidate
+    return best[2] if best else None
+
+
+@lru_cache(maxsize=256)
+def _checked_document(
+    schema: GraphQLSchema, query: str
+) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
+    try:
+        document = parse(query, max_tokens=10_000)
+    except GraphQLError as syntax_error:
+        return None, (syntax_error,)
+    return document, tuple(validate(schema, document))
+
+
+class GraphQLEndpoint:
+    """The `/graphql` HTTP endpoint: GraphiQL on browser GET, operations on GET and POST."""
+
+    def __init__(
+        self,
+        schema: strawberry.Schema,
+        *,
+        sessions: Sessions,
+        auth_secret: str,
+        default_region: str,
+        metrics: InboxMetrics,
+        max_body_bytes: int,
+    ) -> None:
+        self.schema = schema
+        self.sessions = sessions
+        self.auth_secret = auth_secret
+        self.default_region = default_region
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.ide_html = get_graphql_ide_html(graphql_ide="graphiql")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handle(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def handle(self, request: Request) -> Response:
+        request_id = _request_id(request)
+        if request.method == "GET" and "query" not in request.query_params and _wants_html(request):
+            return HTMLResponse(self.ide_html)
+        media_type = negotiate_media_type(request.headers.get("accept"))
+        if media_type is None:
+            return _respond(
+                APPLICATION_JSON,
+                406,
+                {
+                    "errors": [
+                        _error(
+                            f"responses are {GRAPHQL_RESPONSE_JSON} or {APPLICATION_JSON}",
+                            "NOT_ACCEPTABLE",
+                        )
+                    ]
+                },
+                request_id,
+            )
+        try:
+            return await self._handle(request, media_type, request_id)
+        except RequestRejected as rejected:
+            return _respond(
+                media_type,
+                rejected.status,
+                {"errors": [_error(rejected.message, rejected.code)]},
+                request_id,
+                rejected.headers,
+            )
+        except RequestInvalid as invalid:
+            status = 400 if media_type == GRAPHQL_RESPONSE_JSON else 200
+            return _respond(media_type, status, {"errors": invalid.errors}, request_id)
+
+    async def _handle(self, request: Request, media_type: str, request_id: str) -> Response:
+        if request.method not in ("GET", "POST"):
+            raise RequestRejected(
+                405,
+                "GraphQL is served over GET and POST",
+                "METHOD_NOT_ALLOWED",
+                {"Allow": "GET, POST"},
+            )
+        try:
+            principal = authenticate(request.headers.get("authorization"), self.auth_secret)
+        except DomainError as refused:
+            raise RequestRejected(
+                401, refused.message, refused.code, {"WWW-Authenticate": 'Bearer realm="wa-inbox"'}
+            ) from None
+        parameters = await self._read_parameters(request)
+        graphql_schema = self.schema._schema
+        document, errors = _checked_document(graphql_schema, parameters.query)
+        if errors:
+            raise RequestInvalid([_formatted(error) for error in errors])
+        assert document is not None
+        operation = get_operation_ast(document, parameters.operation_name)
+        if operation is None:
+            message = (
+                f"no operation named {parameters.operation_name!r} in the document"
+                if parameters.operation_name
+                else "the document has several operations: give operationName"
+            )
+            raise RequestInvalid([_error(message, "BAD_USER_INPUT")])
+        self._check_operation_type(request, operation)
+        coerced = get_variable_values(
+            graphql_schema, operation.variable_definitions or (), parameters.variables or {}
+        )
+        if isinstance(coerced, list):
+            raise RequestInvalid([_formatted(error) for error in coerced])
+
+        context = Context(
+            request_id=request_id,
+            principal=principal,
+            sessions=self.sessions,
+            default_region=self.default_region,
+            metrics=self.metrics,
+        )
+        try:
+            result = await self.schema.execute(
+                parameters.query,
+                variable_values=parameters.variables,
+                context_value=context,
+                operation_name=parameters.operation_name,
+            )
+        finally:
+            await context.reads.close()
+        return _respond(media_type, 200, _result_body(result), request_id)
+
+    async def _read_parameters(self, request: Request) -> GraphQLParameters:
+        if request.method == "GET":
+            raw: Any = dict(request.query_params)
+            for name in ("variables", "extensions"):
+                if isinstance(raw.get(name), str) and raw[name]:
+                    raw[name] = _decode_json(raw[name], name)
+            return _parameters(raw)
+        content_type = request.headers.get("content-type")
+        if not content_type:
+            raise RequestRejected(
+                415, "send the request as Content-Type: application/json", "UNSUPPORTED_MEDIA_TYPE"
+            )
+        media, *params = (part.strip().lower() for part in content_type.split(";"))
+        charset = next(
+            (p.partition("=")[2].strip('"') for p in params if p.startswith("charset=")), "utf-8"
+        )
+        if media != APPLICATION_JSON or charset not in ("utf-8", "utf8"):
+            raise RequestRejected(
+                415,
+                "send the request as Content-Type: application/json (UTF-8)",
+                "UNSUPPORTED_MEDIA_TYPE",
+            )
+        body = await self._read_body(request)
+        if not body:
+            raise RequestInvalid([_error("a POST needs a JSON body with a `query`", "BAD_REQUEST")])
+        return _parameters(_decode_json(body, "body"))
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise RequestRejected(
+                413,
+                f"request bodies are limited to {self.max_body_bytes} bytes",
+                "PAYLOAD_TOO_LARGE",
+            )
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise RequestRejected(
+                        413,
+                        f"request bodies are limited to {self.max_body_bytes} bytes",
+                        "PAYLOAD_TOO_LARGE",
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise RequestRejected(400, "the client went away mid-request", "BAD_REQUEST") from None
+        return b"".join(chunks)
+
+    @staticmethod
+    def _check_operation_type(request: Request, operation: OperationDefinitionNode) -> None:
+        if operation.operation is OperationType.SUBSCRIPTION:
+            raise RequestInvalid(
+                [_error("subscriptions are served over websockets at /graphql", "BAD_REQUEST")]
+            )
+        if request.method == "GET" and operation.operation is OperationType.MUTATION:
+            raise RequestRejected(
+                405, "mutations must be sent with POST", "METHOD_NOT_ALLOWED", {"Allow": "POST"}
+            )
+
+
+def _request_id(request: Request) -> str:
+    """The caller's X-Request-Id when it is a plain token (it ends up in logs), else a new one."""
+    offered = request.headers.get("x-request-id", "")
+    if 0 < len(offered) <= 64 and all(ch.isalnum() or ch in "-_." for ch in offered):
+        return offered
+    return uuid.uuid4().hex
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept
+
+
+def _decode_json(raw: str | bytes, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestInvalid([_error(f"the {what} is not valid JSON", "BAD_REQUEST")]) from None
+
+
+def _parameters(raw: Any) -> GraphQLParameters:
+    if isinstance(raw, list):
+        raise RequestInvalid(
+            [_error("batched operations are not supported: send one per request", "BAD_REQUEST")]
+        )
+    if not isinstance(raw, dict):
+        raise RequestInvalid([_error("the request must be a JSON object", "BAD_REQUEST")])
+    query = raw.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise RequestInvalid([_error("`query` must be a non-empty string", "BAD_REQUEST")])
+    operation_name = raw.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestInvalid([_error("`operationName` must be a string or null", "BAD_REQUEST")])
+    variables = raw.get("variables")
+    if variables is not None and not isinstance(variables, dict):
+        raise RequestInvalid([_error("`variables` must be an object or null", "BAD_REQUEST")])
+    extensions = raw.get("extensions")
+    if extensions is not None and not isinstance(extensions, dict):
+        raise RequestInvalid([_error("`extensions` must be an object or null", "BAD_REQUEST")])
+    return GraphQLParameters(
+        query=query, operation_name=operation_name or None, variables=variables
+    )
+
+
+def _formatted(error: GraphQLError) -> dict[str, Any]:
+    formatted: dict[str, Any] = dict(error.formatted)
+    formatted["extensions"] = {**formatted.get("extensions", {}), "code": request_error_code(error)}
+    return formatted
+
+
+def _result_body(result: ExecutionResult) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if result.errors:
+        # Already shaped by the ErrorShaping extension, which websockets share.
+        body["errors"] = [dict(error.formatted) for error in result.errors]
+    body["data"] = result.data
+    if result.extensions:
+        body["extensions"] = result.extensions
+    return body
+
+
+def _respond(
+    media_type: str,
+    status: int,
+    body: dict[str, Any],
+    request_id: str,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode(),
+        status_code=status,
+        media_type=f"{media_type}; charset=utf-8",
+        headers={"X-Request-Id": request_id, "Cache-Control": "no-store", **(headers or {})},
+    )

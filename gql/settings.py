@@ -1,0 +1,67 @@
+"""Settings, read from the environment once at start-up and passed down from there."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import phonenumbers
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(ValueError):
+    """A configuration value the server cannot start with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth_secret: str | None = None
+    broadcast_url: str = "memory://"
+    default_region: str = "US"
+    data_dir: Path = field(default_factory=lambda: PROJECT_ROOT / ".pgdata")
+    max_body_bytes: int = 1_048_576
+    statement_timeout_ms: int = 15_000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        region = env.get("DEFAULT_REGION", defaults.default_region).strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise SettingsError(f"DEFAULT_REGION={region!r} is not a known ISO 3166 region code")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            host=env.get("HOST", defaults.host),
+            port=_integer(env, "PORT", defaults.port, low=0, high=65535),
+            auth_secret=env.get("AUTH_SECRET") or None,
+            broadcast_url=env.get("BROADCAST_URL") or defaults.broadcast_url,
+            default_region=region,
+            data_dir=Path(env["WA_INBOX_DATA_DIR"])
+            if env.get("WA_INBOX_DATA_DIR")
+            else defaults.data_dir,
+            max_body_bytes=_integer(env, "MAX_BODY_BYTES", defaults.max_body_bytes, low=1024),
+            statement_timeout_ms=_integer(
+                env, "STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms, low=100
+            ),
+            log_level=env.get("LOG_LEVEL", defaults.log_level).upper(),
+        )
+
+
+def _integer(
+    env: Mapping[str, str], name: str, default: int, *, low: int, high: int | None = None
+) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        raise SettingsError(f"{name}={value} is out of range")
+    return value

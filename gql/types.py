@@ -1,0 +1,241 @@
+"""GraphQL object types, each converted from its domain object at the edge."""
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+from strawberry import UNSET
+from strawberry.types import Info
+
+from domain import models, threads
+from domain.models import Message, Thread
+from domain.pagination import Page
+from gql.arguments import given
+from gql.context import Context
+
+
+@strawberry.enum(name="MessageDirection")
+class MessageDirection(Enum):
+    INBOUND = "INBOUND"
+    OUTBOUND = "OUTBOUND"
+
+    def to_domain(self) -> models.Direction:
+        return models.Direction[self.name]
+
+
+@strawberry.enum(name="MessageSource")
+class MessageSource(Enum):
+    CUSTOMER = "CUSTOMER"
+    BOT = "BOT"
+    AUTOMATION = "AUTOMATION"
+    HUMAN = "HUMAN"
+
+    def to_domain(self) -> models.Source:
+        return models.Source[self.name]
+
+
+@strawberry.enum(name="MessageStatus")
+class MessageStatus(Enum):
+    RECEIVED = "RECEIVED"
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    FAILED = "FAILED"
+    DELETED = "DELETED"
+
+
+@strawberry.enum(name="ThreadStatus")
+class ThreadStatus(Enum):
+    OPEN = "OPEN"
+    CLOSED = "CLOSED"
+
+
+@strawberry.type(name="PageInfo")
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+    @classmethod
+    def from_page(cls, page: Page[Thread] | Page[Message]) -> "PageInfo":
+        return cls(
+            has_next_page=page.has_next_page,
+            has_previous_page=page.has_previous_page,
+            start_cursor=page.cursors[0] if page.cursors else None,
+            end_cursor=page.cursors[-1] if page.cursors else None,
+        )
+
+
+@strawberry.type(name="Message")
+class MessageType:
+    id: strawberry.ID
+    thread_id: strawberry.ID
+    direction: MessageDirection
+    source: MessageSource
+    status: MessageStatus
+    body: str | None
+    provider_message_id: str | None
+    sent_at: datetime
+    created_at: datetime
+    row_thread_id: strawberry.Private[int]
+
+    @strawberry.field
+    async def thread(self, info: Info[Context, None]) -> "ThreadType":
+        found = await info.context.loaders.thread.load(self.row_thread_id)
+        if found is None:  # a message never outlives its thread (FK, ON DELETE CASCADE)
+            raise LookupError(f"thread {self.row_thread_id} of message {self.id} is gone")
+        return ThreadType.from_domain(found)
+
+    @classmethod
+    def from_domain(cls, message: Message) -> "MessageType":
+        return cls(
+            id=strawberry.ID(str(message.id)),
+            thread_id=strawberry.ID(str(message.thread_id)),
+            direction=MessageDirection[message.direction.name],
+            source=MessageSource[message.source.name],
+            status=MessageStatus[message.status.name],
+            body=message.body,
+            provider_message_id=message.provider_message_id,
+            sent_at=message.sent_at,
+            created_at=message.created_at,
+            row_thread_id=message.thread_id,
+        )
+
+
+@strawberry.type(name="MessageEdge")
+class MessageEdge:
+    node: MessageType
+    cursor: str
+
+
+@strawberry.type(name="MessageConnection")
+class MessageConnection:
+    edges: list[MessageEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: Page[Message]) -> "MessageConnection":
+        return cls(
+            edges=[
+                MessageEdge(node=MessageType.from_domain(message), cursor=cursor)
+                for message, cursor in zip(page.items, page.cursors, strict=True)
+            ],
+            page_info=PageInfo.from_page(page),
+        )
+
+
+@strawberry.type(name="Thread")
+class ThreadType:
+    id: strawberry.ID
+    canonical_key: str
+    phone: str | None
+    lead_id: strawberry.ID | None
+    status: ThreadStatus
+    started_at: datetime
+    last_message_at: datetime | None
+    last_read_at: datetime | None
+    row_id: strawberry.Private[int]
+
+    @strawberry.field(description="Inbound messages stored since the thread was last read.")
+    async def unread_count(self, info: Info[Context, None]) -> int:
+        count: int = await info.context.loaders.unread_count.load(self.row_id)
+        return count
+
+    @strawberry.field(description="The latest message by sentAt.")
+    async def last_message(self, info: Info[Context, None]) -> MessageType | None:
+        latest = await info.context.loaders.last_message.load(self.row_id)
+        return MessageType.from_domain(latest) if latest is not None else None
+
+    @strawberry.field(
+        description=(
+            "Messages of every source in chronological order (sentAt, then id). "
+            "first/after page forward, last/before backward; at most 100 per page."
+        )
+    )
+    async def messages(
+        self,
+        info: Info[Context, None],
+        first: int | None = UNSET,
+        after: str | None = UNSET,
+        last: int | None = UNSET,
+        before: str | None = UNSET,
+    ) -> MessageConnection:
+        context = info.context
+        page = await context.reads.run(
+            lambda session: threads.list_messages(
+                session,
+                context.business_id,
+                self.row_id,
+                first=given(first),
+                after=given(after),
+                last=given(last),
+                before=given(before),
+            )
+        )
+        return MessageConnection.from_page(page)
+
+    @classmethod
+    def from_domain(cls, thread: Thread) -> "ThreadType":
+        return cls(
+            id=strawberry.ID(str(thread.id)),
+            canonical_key=thread.canonical_key,
+            phone=thread.phone_e164,
+            lead_id=strawberry.ID(thread.lead_id) if thread.lead_id is not None else None,
+            status=ThreadStatus[thread.status.name],
+            started_at=thread.started_at,
+            last_message_at=thread.last_message_at,
+            last_read_at=thread.last_read_at,
+            row_id=thread.id,
+        )
+
+
+@strawberry.type(name="ThreadEdge")
+class ThreadEdge:
+    node: ThreadType
+    cursor: str
+
+
+@strawberry.type(name="ThreadConnection")
+class ThreadConnection:
+    edges: list[ThreadEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: Page[Thread]) -> "ThreadConnection":
+        return cls(
+            edges=[
+                ThreadEdge(node=ThreadType.from_domain(thread), cursor=cursor)
+                for thread, cursor in zip(page.items, page.cursors, strict=True)
+            ],
+            page_info=PageInfo.from_page(page),
+        )
+
+
+@strawberry.input(name="IngestMessageInput")
+class IngestMessageInput:
+    phone: str
+    direction: MessageDirection
+    source: MessageSource
+    lead_id: strawberry.ID | None = UNSET
+    body: str | None = UNSET
+    provider_message_id: str | None = UNSET
+    sent_at: datetime | None = UNSET
+    historical: bool | None = strawberry.field(
+        default=False,
+        description="History imports: threaded and shown, never counted as unread.",
+    )
+
+
+@strawberry.type(name="IngestMessageResult")
+class IngestMessageResult:
+    message: MessageType
+    thread: ThreadType
+    duplicate: bool
+
+
+@strawberry.type(name="MarkReadResult")
+class MarkReadResult:
+    thread: ThreadType
+    total_unread: int
