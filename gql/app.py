@@ -38,7 +38,12 @@ def create_app(settings: Settings) -> Starlette:
             issue_token(auth_secret, user_id="developer", business_id=1),
         )
     engine = build_engine(
-        settings.database_url, EngineOptions(statement_timeout_ms=settings.statement_timeout_ms)
+        settings.database_url,
+        EngineOptions(
+            statement_timeout_ms=settings.statement_timeout_ms,
+            pool_size=settings.database_pool_size,
+            max_overflow=0,
+        ),
     )
     sessions = build_sessionmaker(engine)
     metrics = InboxMetrics()

@@ -25,6 +25,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: PROJECT_ROOT / ".pgdata")
     max_body_bytes: int = 1_048_576
     statement_timeout_ms: int = 15_000
+    database_pool_size: int = 20
     log_level: str = "INFO"
 
     @classmethod
@@ -47,6 +48,9 @@ class Settings:
             max_body_bytes=_integer(env, "MAX_BODY_BYTES", defaults.max_body_bytes, low=1024),
             statement_timeout_ms=_integer(
                 env, "STATEMENT_TIMEOUT_MS", defaults.statement_timeout_ms, low=100
+            ),
+            database_pool_size=_integer(
+                env, "DATABASE_POOL_SIZE", defaults.database_pool_size, low=1
             ),
             log_level=env.get("LOG_LEVEL", defaults.log_level).upper(),
         )
