@@ -10,15 +10,17 @@ _MAX_INPUT_LENGTH = 64
 def normalize_phone(raw: str, default_region: str) -> str:
     """Return `raw` as E.164 ("+972507654321"), or raise BadInput.
 
-    A number without "+" is read in `default_region` first ("050-7654321" in IL) and, if that
-    is not a possible number, as international digits without the "+" (WhatsApp's `wa_id`
-    form, "972507654321"). Only impossible lengths are rejected: `is_valid_number` lags real
-    allocations (it refuses "+972501234567", a shape WhatsApp delivers), and dropping a
-    customer's message is worse than storing an unusual number.
+    A number without "+" may be national ("050-7654321" in IL) or international digits without
+    the "+" (WhatsApp's `wa_id` form, "972507654321"). Of the readings that are complete
+    numbers (possible, and not only dialable locally), a valid one wins, the default region's
+    first; failing that, the first possible one. Only impossible numbers are rejected:
+    `is_valid_number` lags real allocations (it refuses "+972501234567", a shape WhatsApp
+    delivers), and dropping a customer's message is worse than storing an unusual number.
     """
     text = raw.strip()
     if not text or len(text) > _MAX_INPUT_LENGTH or "\x00" in text:
         raise BadInput(f"phone {raw!r} is not a phone number")
+    possible: list[phonenumbers.PhoneNumber] = []
     for candidate, region in _readings(text, default_region):
         try:
             number = phonenumbers.parse(candidate, region)
@@ -26,9 +28,13 @@ def normalize_phone(raw: str, default_region: str) -> str:
             continue
         if number.extension:
             raise BadInput(f"phone {raw!r} has an extension; send the number alone")
-        if phonenumbers.is_possible_number(number):
-            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    raise BadInput(f"phone {raw!r} is not a possible phone number")
+        reason = phonenumbers.is_possible_number_with_reason(number)
+        if reason == phonenumbers.ValidationResult.IS_POSSIBLE:
+            possible.append(number)
+    if not possible:
+        raise BadInput(f"phone {raw!r} is not a possible phone number")
+    chosen = next((n for n in possible if phonenumbers.is_valid_number(n)), possible[0])
+    return phonenumbers.format_number(chosen, phonenumbers.PhoneNumberFormat.E164)
 
 
 def _readings(text: str, default_region: str) -> list[tuple[str, str | None]]:
