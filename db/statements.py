@@ -53,6 +53,26 @@ def _raise_if_conflict_target_missing(error: DBAPIError, statement_name: str) ->
 # --- writes -------------------------------------------------------------------------------
 
 
+def _new_conversation(
+    business_id: int,
+    canonical_key: str,
+    phone_e164: str | None,
+    lead_id: str | None,
+    message_at: datetime,
+) -> dict[str, Any]:
+    """A conversation row as its first message creates it (that message takes seq 1)."""
+    return {
+        "business_id": business_id,
+        "canonical_key": canonical_key,
+        "phone_e164": phone_e164,
+        "lead_id": lead_id,
+        "status": "open",
+        "started_at": message_at,
+        "last_message_at": message_at,
+        "message_seq": 1,
+    }
+
+
 async def upsert_conversation(
     session: AsyncSession,
     *,
@@ -70,14 +90,7 @@ async def upsert_conversation(
     """
     existing = conversations
     proposed = insert(conversations).values(
-        business_id=business_id,
-        canonical_key=canonical_key,
-        phone_e164=phone_e164,
-        lead_id=lead_id,
-        status="open",
-        started_at=message_at,
-        last_message_at=message_at,
-        message_seq=1,
+        _new_conversation(business_id, canonical_key, phone_e164, lead_id, message_at)
     )
     statement = proposed.on_conflict_do_update(
         index_elements=[conversations.c.business_id, conversations.c.canonical_key],
@@ -136,16 +149,7 @@ async def upsert_conversation_serialized(
     if found is None:
         created = await session.execute(
             insert(conversations)
-            .values(
-                business_id=business_id,
-                canonical_key=canonical_key,
-                phone_e164=phone_e164,
-                lead_id=lead_id,
-                status="open",
-                started_at=message_at,
-                last_message_at=message_at,
-                message_seq=1,
-            )
+            .values(_new_conversation(business_id, canonical_key, phone_e164, lead_id, message_at))
             .returning(*conversations.c)
         )
         return created.mappings().one()

@@ -79,6 +79,16 @@ async def database_url(postgres_url: str, template_database: str) -> AsyncIterat
 
 
 @pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection to the test's database, beside the app's own engine."""
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
 def settings(database_url: str) -> Settings:
     return Settings(database_url=database_url, auth_secret=AUTH_SECRET, default_region="US")
 

@@ -1,6 +1,5 @@
 """Phone normalization to E.164, and input rules that must reject a message before storing it."""
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -12,7 +11,7 @@ from phonenumbers import PhoneNumber, PhoneNumberFormat, PhoneNumberType
 
 from domain.errors import BadInput
 from domain.phones import normalize_phone
-from tests.conftest import INGEST, GraphQLClient, asyncpg_dsn, ingest
+from tests.conftest import INGEST, GraphQLClient, ingest
 
 # --- normalize_phone ---------------------------------------------------------------------
 
@@ -164,15 +163,6 @@ def test_digits_that_are_also_a_valid_us_number_read_in_the_default_region() -> 
 STATE = """
 query { unreadCount threads(first: 100) { edges { node { id } } } }
 """
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def rejected_code(client: GraphQLClient, **fields: Any) -> str:

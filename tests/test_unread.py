@@ -6,7 +6,6 @@ marked read. The defining SQL below is the rule itself; the tests compare the AP
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import GraphQLClient, asyncpg_dsn, ingest
+from tests.conftest import GraphQLClient, ingest
 
 MARK_READ = """
 mutation MarkRead($threadId: ID, $phone: String) {
@@ -70,16 +69,6 @@ WHERE c.business_id = $1 AND m.direction = 'in' AND NOT m.historical
 PHONE = "+14155552671"
 OTHER_PHONE = "+14155552672"
 THIRD_PHONE = "+14155552673"
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    """A direct connection to the test's database, beside the app's own engine."""
-    connection = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def thread_unread(client: GraphQLClient, thread_id: str) -> int:
