@@ -375,6 +375,22 @@ async def page_conversations(
     return list((await session.execute(statement)).mappings())
 
 
+async def conversations_active_since(
+    session: AsyncSession, business_id: int, since: datetime, limit: int
+) -> list[int]:
+    """Ids of the conversations written to or read since `since`, latest activity first."""
+    result = await session.execute(
+        select(conversations.c.id)
+        .where(
+            conversations.c.business_id == business_id,
+            (conversations.c.last_message_at >= since) | (conversations.c.last_read_at >= since),
+        )
+        .order_by(conversations.c.last_message_at.desc(), conversations.c.id.desc())
+        .limit(limit)
+    )
+    return list(result.scalars())
+
+
 async def page_messages(
     session: AsyncSession,
     business_id: int,

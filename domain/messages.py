@@ -16,6 +16,7 @@ from db.errors import MissingConflictTarget
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.canonical_keys import canonical_key, normalize_lead_id
 from domain.errors import BadInput
+from domain.events import MessageStored
 from domain.metrics import InboxMetrics
 from domain.models import Direction, Message, MessageStatus, Source, Thread
 from domain.phones import normalize_phone
@@ -45,6 +46,7 @@ class IngestOutcome:
     message: Message
     thread: Thread
     duplicate: bool
+    event: MessageStored | None = None
 
 
 @dataclass(frozen=True)
@@ -234,4 +236,16 @@ async def _store(
     )
     if row is None:
         raise _ProviderIdTaken
-    return IngestOutcome(Message.from_row(row), Thread.from_row(conversation), duplicate=False)
+    stored = Message.from_row(row)
+    event = MessageStored(message.business_id, stored.thread_id, stored.id)
+    if stored.direction is Direction.INBOUND and not stored.historical:
+        # Counted in the storing transaction, so the event carries what this commit made true.
+        counts = await statements.unread_counts(session, message.business_id, [stored.thread_id])
+        event = MessageStored(
+            message.business_id,
+            stored.thread_id,
+            stored.id,
+            thread_unread=counts.get(stored.thread_id, 0),
+            total_unread=await statements.total_unread(session, message.business_id),
+        )
+    return IngestOutcome(stored, Thread.from_row(conversation), duplicate=False, event=event)

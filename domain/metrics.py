@@ -12,6 +12,10 @@ class InboxMetrics:
     duplicates_skipped: int = 0
     messages_stored: int = 0
     threads_marked_read: int = 0
+    live_events_dropped: int = 0
+    live_subscribers_lagged: int = 0
+    pubsub_publish_failures: int = 0
+    pubsub_reconnects: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {field.name: getattr(self, field.name) for field in fields(self)}

@@ -8,12 +8,14 @@ lock, so a late webhook (old provider timestamp, stored after the read) still co
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.errors import BadInput, NotFound
+from domain.events import ThreadRead
 from domain.metrics import InboxMetrics
 from domain.models import Thread
 from domain.threads import find_thread_by_phone
@@ -25,6 +27,10 @@ log = logging.getLogger("wa_inbox.read_state")
 class ReadOutcome:
     thread: Thread
     total_unread: int
+
+    @property
+    def event(self) -> ThreadRead:
+        return ThreadRead(self.thread.business_id, self.thread.id, 0, self.total_unread)
 
 
 async def unread_counts(
@@ -38,6 +44,38 @@ async def unread_counts(
 async def total_unread(session: AsyncSession, business_id: int) -> int:
     """The business's unread badge: unread messages over all its threads."""
     return await statements.total_unread(session, business_id)
+
+
+@dataclass(frozen=True)
+class UnreadSnapshot:
+    """Current unread counts of the threads that may have changed, and the business total."""
+
+    business_id: int
+    thread_unread: dict[int, int]
+    total_unread: int
+
+
+async def unread_snapshot(
+    session: AsyncSession, business_id: int, *, changed_since: datetime, limit: int = 100
+) -> UnreadSnapshot:
+    """Counts to refresh badges with after events may have been lost (a pub/sub outage).
+
+    Covers the threads written to or read since `changed_since` (at most `limit`), or the most
+    recently active thread when none was, so that every badge receives the current total.
+    """
+    thread_ids = await statements.conversations_active_since(
+        session, business_id, changed_since, limit
+    )
+    if not thread_ids:
+        latest = await statements.page_conversations(
+            session, business_id, limit=1, after=None, unread_only=False
+        )
+        thread_ids = [row["id"] for row in latest]
+    return UnreadSnapshot(
+        business_id,
+        await unread_counts(session, business_id, thread_ids),
+        await total_unread(session, business_id),
+    )
 
 
 async def mark_thread_read(

@@ -32,7 +32,28 @@ def serve(settings: Settings) -> None:
         "migrations applied; serving GraphQL at http://%s:%s/graphql", settings.host, settings.port
     )
     app = create_app(dataclasses.replace(settings, database_url=url))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        **websocket_server_options(settings),
+    )
+
+
+def websocket_server_options(settings: Settings) -> dict[str, object]:
+    """uvicorn's websocket options: bounded messages, no per-message compression.
+
+    Compression would cost every subscriber its own zlib state (tens of KB) for payloads of
+    a few hundred bytes; frames from clients are small, so anything larger is refused.
+    """
+    return {
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.ws_max_message_bytes,
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,15 +6,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from db.engine import EngineOptions, build_engine, build_sessionmaker
 from domain.metrics import InboxMetrics
 from gql.auth import issue_token
+from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint
 from gql.schema import build_schema
 from gql.settings import Settings
+from gql.websocket import InboxWebSocketView
 
 log = logging.getLogger("wa_inbox.app")
 
@@ -47,15 +49,32 @@ def create_app(settings: Settings) -> Starlette:
     )
     sessions = build_sessionmaker(engine)
     metrics = InboxMetrics()
+    schema = build_schema()
+    hub = FanOutHub(
+        schema=schema,
+        sessions=sessions,
+        broadcast_url=settings.broadcast_url,
+        default_region=settings.default_region,
+        metrics=metrics,
+    )
     graphql = GraphQLEndpoint(
-        build_schema(),
+        schema,
         sessions=sessions,
         auth_secret=auth_secret,
         default_region=settings.default_region,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        publish=hub.publish,
     )
-    health = HealthEndpoints(sessions, metrics)
+    websockets = InboxWebSocketView(
+        schema,
+        hub=hub,
+        sessions=sessions,
+        auth_secret=auth_secret,
+        default_region=settings.default_region,
+        metrics=metrics,
+    )
+    health = HealthEndpoints(sessions, metrics, lambda: hub.pubsub_state)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -68,9 +87,11 @@ def create_app(settings: Settings) -> Starlette:
                 "and writes go through the serialized fallback; restore it (alembic upgrade head)",
                 name,
             )
+        await hub.start()
         try:
             yield
         finally:
+            await hub.stop()
             await engine.dispose()
 
     app = Starlette(
@@ -78,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
             # Every method reaches the endpoint, which answers the ones it does not serve with
             # a GraphQL-shaped 405.
             Route("/graphql", graphql, methods=None),
+            WebSocketRoute("/graphql", websockets),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics_text, methods=["GET"]),
@@ -86,4 +108,5 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.engine = engine
     app.state.metrics = metrics
+    app.state.hub = hub
     return app

@@ -8,6 +8,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.unit_of_work import Sessions
+from domain.events import InboxEvent
 from domain.metrics import InboxMetrics
 from gql.auth import Principal
 from gql.loaders import Loaders
@@ -46,6 +47,8 @@ class Context:
     sessions: Sessions
     default_region: str
     metrics: InboxMetrics
+    # Hands committed events to the live-updates hub (gql/fanout.py) without waiting.
+    publish: Callable[[InboxEvent | None], None]
     reads: RequestReads = field(init=False)
     loaders: Loaders = field(init=False)
 

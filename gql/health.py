@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -39,9 +40,15 @@ async def check_database(sessions: Sessions) -> DatabaseHealth:
 
 
 class HealthEndpoints:
-    def __init__(self, sessions: Sessions, metrics: InboxMetrics) -> None:
+    def __init__(
+        self,
+        sessions: Sessions,
+        metrics: InboxMetrics,
+        pubsub_state: Callable[[], dict[str, str]],
+    ) -> None:
         self.sessions = sessions
         self.metrics = metrics
+        self.pubsub_state = pubsub_state
 
     async def healthz(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -62,8 +69,14 @@ class HealthEndpoints:
                 "missing_constraints": constraints,
                 "detail": "writes use the serialized fallback until the constraints are restored",
             }
-        status = "degraded" if constraints else "ok"
-        return JSONResponse({"status": status, "checks": {"database": database_check}})
+        pubsub = self.pubsub_state()
+        degraded = bool(constraints) or pubsub["status"] != "ok"
+        return JSONResponse(
+            {
+                "status": "degraded" if degraded else "ok",
+                "checks": {"database": database_check, "pubsub": pubsub},
+            }
+        )
 
     async def metrics_text(self, request: Request) -> Response:
         lines = []

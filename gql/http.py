@@ -8,7 +8,7 @@ fails before execution (malformed parameters, syntax, validation, variables);
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -33,6 +33,7 @@ from strawberry.types import ExecutionResult
 
 from db.unit_of_work import Sessions
 from domain.errors import DomainError
+from domain.events import InboxEvent
 from domain.metrics import InboxMetrics
 from gql.auth import authenticate
 from gql.context import Context
@@ -107,7 +108,7 @@ def negotiate_media_type(accept: str | None) -> str | None:
 
 
 @lru_cache(maxsize=256)
-def _checked_document(
+def checked_document(
     schema: GraphQLSchema, query: str
 ) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
     try:
@@ -129,6 +130,7 @@ class GraphQLEndpoint:
         default_region: str,
         metrics: InboxMetrics,
         max_body_bytes: int,
+        publish: Callable[[InboxEvent | None], None],
     ) -> None:
         self.schema = schema
         self.sessions = sessions
@@ -136,6 +138,7 @@ class GraphQLEndpoint:
         self.default_region = default_region
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.publish = publish
         self.ide_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,7 +194,7 @@ class GraphQLEndpoint:
             ) from None
         parameters = await self._read_parameters(request)
         graphql_schema = self.schema._schema
-        document, errors = _checked_document(graphql_schema, parameters.query)
+        document, errors = checked_document(graphql_schema, parameters.query)
         if errors:
             raise RequestInvalid([_formatted(error) for error in errors])
         assert document is not None
@@ -216,6 +219,7 @@ class GraphQLEndpoint:
             sessions=self.sessions,
             default_region=self.default_region,
             metrics=self.metrics,
+            publish=self.publish,
         )
         try:
             result = await self.schema.execute(

@@ -45,6 +45,7 @@ class Mutation:
             default_region=context.default_region,
             metrics=context.metrics,
         )
+        context.publish(outcome.event)
         context.forget_loaded()
         return IngestMessageResult(
             message=MessageType.from_domain(outcome.message),
@@ -68,6 +69,7 @@ class Mutation:
             default_region=context.default_region,
             metrics=context.metrics,
         )
+        context.publish(outcome.event)
         context.forget_loaded()
         return MarkReadResult(
             thread=ThreadType.from_domain(outcome.thread), total_unread=outcome.total_unread

@@ -8,6 +8,7 @@ from strawberry.extensions import ParserCache, ValidationCache
 from gql.errors import ErrorShaping
 from gql.mutations import Mutation
 from gql.queries import Query
+from gql.subscriptions import Subscription
 
 
 class InboxSchema(strawberry.Schema):
@@ -23,6 +24,7 @@ def build_schema() -> strawberry.Schema:
     return InboxSchema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         extensions=[
             ErrorShaping,
             lambda: ParserCache(maxsize=256),

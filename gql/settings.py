@@ -26,6 +26,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     statement_timeout_ms: int = 15_000
     database_pool_size: int = 20
+    ws_max_message_bytes: int = 65_536
     log_level: str = "INFO"
 
     @classmethod
@@ -51,6 +52,9 @@ class Settings:
             ),
             database_pool_size=_integer(
                 env, "DATABASE_POOL_SIZE", defaults.database_pool_size, low=1
+            ),
+            ws_max_message_bytes=_integer(
+                env, "WS_MAX_MESSAGE_BYTES", defaults.ws_max_message_bytes, low=1024
             ),
             log_level=env.get("LOG_LEVEL", defaults.log_level).upper(),
         )

@@ -1,0 +1,587 @@
+"""Live updates: committed events fanned out to websocket subscribers, across instances.
+
+Design (each choice answers a failure of a plain Strawberry + broadcaster server):
+- Events are published after commit by the unit of work's entry point, queued without
+  blocking the request that caused them; one hub task delivers them.
+- Subscribers with the same operation, variables and business form an audience: an event is
+  executed and serialized once per audience, and the same text is sent to every member.
+- Local subscribers are served straight from the publishing process; the pub/sub backend
+  only carries events to the other instances, on one channel, so there are no per-channel
+  subscribe races and nothing to unregister when a client leaves.
+- Every connection has a bounded outbox. Unread-badge events coalesce per thread (latest
+  wins); a `newMessage` subscriber that falls too far behind is told to resync and ended.
+- The backend listener survives failures: it logs, reconnects with backoff, reports
+  degraded on /readyz meanwhile, and afterwards sends every badge subscriber its current
+  counts, so no badge stays stale because of events lost during the outage.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from graphql import GraphQLError, OperationType, get_operation_ast
+from graphql.execution import Executor, execute_subscription_event
+from graphql.execution.values import get_argument_values
+from starlette.websockets import WebSocket
+
+from db.unit_of_work import Sessions, run_unit_of_work
+from domain import read_state, threads
+from domain.errors import DomainError
+from domain.events import InboxEvent, MessageStored, ThreadRead
+from domain.metrics import InboxMetrics
+from gql.arguments import parse_row_id
+from gql.auth import Principal
+from gql.context import Context
+from gql.errors import shape_error
+from gql.http import checked_document
+from gql.pubsub import backend_for
+
+log = logging.getLogger("wa_inbox.live")
+
+CHANNEL = "wa_inbox_events"
+NEW_MESSAGE = "newMessage"
+UNREAD_COUNT_CHANGED = "unreadCountChanged"
+
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+
+
+@dataclass(frozen=True)
+class FanOutLimits:
+    outbox_frames: int = 256  # frames a connection may have waiting before newMessage lags
+    coalesced_threads: int = 1000  # distinct threads a badge subscriber may have waiting
+    pending_events: int = 10_000  # published events waiting for the hub task
+    keepalive_s: float = 15.0
+    resync_thread_limit: int = 100
+
+
+class Outlet:
+    """One websocket connection's outbox and the task that writes it, in order."""
+
+    __slots__ = ("_coalesced", "_frames", "_wakeup", "_writer", "limits", "protocol", "websocket")
+
+    def __init__(self, websocket: WebSocket, protocol: str, limits: FanOutLimits) -> None:
+        self.websocket = websocket
+        self.protocol = protocol
+        self.limits = limits
+        self._frames: deque[str] = deque()
+        self._coalesced: dict[tuple[str, int], str] = {}
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._frames)
+
+    def push(self, frame: str) -> None:
+        self._frames.append(frame)
+        self._wake()
+
+    def push_latest(self, key: tuple[str, int], frame: str) -> None:
+        """Queue `frame`, replacing a not yet sent frame of the same key (latest wins)."""
+        coalesced = self._coalesced
+        if key not in coalesced and len(coalesced) >= self.limits.coalesced_threads:
+            del coalesced[next(iter(coalesced))]
+        coalesced[key] = frame
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        self._wakeup.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._frames or self._coalesced:
+                    if self._frames:
+                        frame = self._frames.popleft()
+                    else:
+                        key = next(iter(self._coalesced))
+                        frame = self._coalesced.pop(key)
+                    await self.websocket.send_text(frame)
+        except Exception as failure:  # the client is gone; the handler will clean up
+            log.debug("websocket writer stopped: %s", type(failure).__name__)
+
+    async def close(self) -> None:
+        self._frames.clear()
+        self._coalesced.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+
+
+def _frame(protocol: str, kind: str, operation_id: str, payload: str | None = None) -> str:
+    if protocol == LEGACY_WS and kind == "next":
+        kind = "data"
+    head = f'{{"id":{json.dumps(operation_id)},"type":"{kind}"'
+    return head + "}" if payload is None else f'{head},"payload":{payload}}}'
+
+
+def _errors_payload(protocol: str, errors: list[dict[str, Any]]) -> str:
+    # graphql-transport-ws sends a list of errors; the legacy protocol one error object.
+    return json.dumps(errors if protocol == TRANSPORT_WS else errors[0], separators=(",", ":"))
+
+
+class Member:
+    """One subscription operation of one connection."""
+
+    __slots__ = ("audience", "done", "operation_id", "outlet", "prefix")
+
+    def __init__(self, outlet: Outlet, operation_id: str) -> None:
+        self.outlet = outlet
+        self.operation_id = operation_id
+        kind = "data" if outlet.protocol == LEGACY_WS else "next"
+        self.prefix = f'{{"id":{json.dumps(operation_id)},"type":"{kind}","payload":'
+        self.done = asyncio.Event()
+        self.audience: Audience | None = None
+
+    def end(self, errors: list[dict[str, Any]] | None = None) -> None:
+        """Send the final messages of this operation and release its handler."""
+        protocol = self.outlet.protocol
+        if errors:
+            self.outlet.push(
+                _frame(protocol, "error", self.operation_id, _errors_payload(protocol, errors))
+            )
+        if errors is None or protocol == LEGACY_WS:
+            self.outlet.push(_frame(protocol, "complete", self.operation_id))
+        self.done.set()
+
+
+@dataclass(eq=False)
+class Audience:
+    """Subscribers of one business sharing one operation and variables: executed once."""
+
+    key: tuple[Any, ...]
+    business_id: int
+    field_name: str
+    thread_filter: int | None
+    executor: Executor[Any]
+    context: Context
+    members: dict[int, Member] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoadedMessage:
+    message: Any
+    thread: Any
+
+
+class FanOutHub:
+    """Per-process registry of subscribers and the tasks that feed them."""
+
+    def __init__(
+        self,
+        *,
+        schema: Any,
+        sessions: Sessions,
+        broadcast_url: str,
+        default_region: str,
+        metrics: InboxMetrics,
+        limits: FanOutLimits | None = None,
+    ) -> None:
+        self.schema = schema
+        self.sessions = sessions
+        self.default_region = default_region
+        self.metrics = metrics
+        self.limits = limits or FanOutLimits()
+        self.broadcast_url = broadcast_url
+        self.instance_id = uuid.uuid4().hex
+        self._backend = backend_for(broadcast_url)
+        self._audiences: dict[int, dict[tuple[Any, ...], Audience]] = {}
+        self._outlets: set[Outlet] = set()
+        self._pending: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(self.limits.pending_events)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._outage_since: datetime | None = None
+        self.pubsub_connected = self._backend is None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._deliver_loop(), name="fanout-deliver"))
+        self._tasks.append(asyncio.create_task(self._keepalive_loop(), name="fanout-keepalive"))
+        if self._backend is not None:
+            self._tasks.append(asyncio.create_task(self._listen_loop(), name="fanout-listen"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._backend is not None:
+            await self._disconnect_backend()
+
+    @property
+    def pubsub_state(self) -> dict[str, str]:
+        backend = "memory" if self._backend is None else self.broadcast_url.split(":", 1)[0]
+        return {"status": "ok" if self.pubsub_connected else "degraded", "backend": backend}
+
+    def registered(self) -> tuple[int, int, int]:
+        """(audiences, members, connections) registered now: for tests and /metrics."""
+        audiences = [a for per_business in self._audiences.values() for a in per_business.values()]
+        return len(audiences), sum(len(a.members) for a in audiences), len(self._outlets)
+
+    # --- connections and subscriptions ---------------------------------------------------
+
+    def open_outlet(self, websocket: WebSocket, protocol: str) -> Outlet:
+        outlet = Outlet(websocket, protocol, self.limits)
+        self._outlets.add(outlet)
+        return outlet
+
+    async def close_outlet(self, outlet: Outlet) -> None:
+        self._outlets.discard(outlet)
+        await outlet.close()
+
+    async def serve(
+        self,
+        outlet: Outlet,
+        principal: Principal,
+        operation_id: str,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+    ) -> None:
+        """Serve one subscription until it ends (lag) or is cancelled (complete, disconnect)."""
+        member = Member(outlet, operation_id)
+        try:
+            audience = self._audience_for(principal, query, variables, operation_name)
+        except GraphQLError as error:
+            member.end([dict(shape_error(error, operation_id).formatted)])
+            return
+        except DomainError as error:
+            member.end([{"message": error.message, "extensions": {"code": error.code}}])
+            return
+        audience.members[id(member)] = member
+        member.audience = audience
+        try:
+            await member.done.wait()
+        finally:
+            self._leave(member)
+
+    def _leave(self, member: Member) -> None:
+        audience = member.audience
+        if audience is None:
+            return
+        member.audience = None
+        audience.members.pop(id(member), None)
+        if not audience.members:
+            per_business = self._audiences.get(audience.business_id, {})
+            if per_business.get(audience.key) is audience:
+                del per_business[audience.key]
+            if not per_business:
+                self._audiences.pop(audience.business_id, None)
+
+    def _audience_for(
+        self,
+        principal: Principal,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+    ) -> Audience:
+        key = (
+            principal.business_id,
+            query,
+            operation_name,
+            json.dumps(variables or {}, sort_keys=True, default=str),
+        )
+        per_business = self._audiences.get(principal.business_id, {})
+        existing = per_business.get(key)
+        if existing is not None:
+            return existing
+        graphql_schema = self.schema._schema
+        document, errors = checked_document(graphql_schema, query)
+        if errors:
+            raise errors[0]
+        assert document is not None
+        operation = get_operation_ast(document, operation_name)
+        if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
+            raise GraphQLError("send queries and mutations over HTTP; this is a subscription")
+        context = Context(
+            request_id=f"subscription-{principal.business_id}",
+            principal=principal,
+            sessions=self.sessions,
+            default_region=self.default_region,
+            metrics=self.metrics,
+            publish=self.publish,
+        )
+        executor = Executor.build(
+            graphql_schema,
+            document,
+            context_value=context,
+            raw_variable_values=variables,
+            operation_name=operation_name,
+        )
+        if isinstance(executor, list):
+            raise executor[0]
+        [root_field] = operation.selection_set.selections
+        field_name = root_field.name.value  # type: ignore[attr-defined]
+        subscription_type = graphql_schema.subscription_type
+        assert subscription_type is not None
+        arguments = get_argument_values(
+            subscription_type.fields[field_name],
+            root_field,  # type: ignore[arg-type]
+            executor.variable_values,
+        )
+        thread_id = arguments.get("threadId")
+        audience = Audience(
+            key=key,
+            business_id=principal.business_id,
+            field_name=field_name,
+            thread_filter=parse_row_id(thread_id, "threadId") if thread_id is not None else None,
+            executor=executor,
+            context=context,
+        )
+        self._audiences.setdefault(principal.business_id, {})[key] = audience
+        return audience
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def publish(self, event: InboxEvent | None) -> None:
+        """Queue a committed event for delivery; never blocks the request that caused it."""
+        if event is None:
+            return
+        try:
+            self._pending.put_nowait(("local", event))
+        except asyncio.QueueFull:
+            self.metrics.live_events_dropped += 1
+            log.error(
+                "[WA-LIVE] event queue full: dropped %s for business_id=%s thread_id=%s",
+                type(event).__name__,
+                event.business_id,
+                event.thread_id,
+            )
+
+    async def _deliver_loop(self) -> None:
+        while True:
+            origin, item = await self._pending.get()
+            try:
+                if origin == "local":
+                    await self._deliver(item)
+                    await self._forward(item)
+                elif origin == "remote":
+                    await self._deliver(item)
+                else:
+                    await self._resync(item)
+            except Exception:
+                # One event that cannot be delivered must not stop the ones after it.
+                log.exception("[WA-LIVE] delivering %r failed", item)
+
+    async def _forward(self, event: InboxEvent) -> None:
+        if self._backend is None:
+            return
+        try:
+            await self._backend.publish(CHANNEL, _to_wire(self.instance_id, event))
+        except Exception as failure:
+            self.metrics.pubsub_publish_failures += 1
+            log.warning(
+                "[WA-LIVE] could not publish to %s (%s): other instances miss one event of "
+                "business_id=%s until they resync",
+                self.pubsub_state["backend"],
+                type(failure).__name__,
+                event.business_id,
+            )
+
+    # --- delivery ------------------------------------------------------------------------
+
+    async def _deliver(self, event: InboxEvent) -> None:
+        audiences = self._audiences.get(event.business_id)
+        if not audiences:
+            return
+        if isinstance(event, MessageStored):
+            wanted = [
+                a
+                for a in audiences.values()
+                if a.field_name == NEW_MESSAGE and a.thread_filter in (None, event.thread_id)
+            ]
+            if wanted:
+                loaded = await self._load_message(event)
+                if loaded is not None:
+                    for audience in wanted:
+                        await self._send(audience, loaded.message, loaded.thread)
+        if event.total_unread is None or event.thread_unread is None:
+            return
+        counts = UnreadCounts(event.thread_id, event.thread_unread, event.total_unread)
+        for audience in list(audiences.values()):
+            if audience.field_name == UNREAD_COUNT_CHANGED:
+                await self._send(audience, counts, None)
+
+    async def _load_message(self, event: MessageStored) -> LoadedMessage | None:
+        async def load(session: Any) -> LoadedMessage | None:
+            message = await threads.find_message(session, event.business_id, event.message_id)
+            found = await threads.threads_by_ids(session, event.business_id, [event.thread_id])
+            thread = found.get(event.thread_id)
+            return LoadedMessage(message, thread) if message and thread else None
+
+        return await run_unit_of_work(self.sessions, load)
+
+    async def _send(self, audience: Audience, root: Any, thread: Any) -> None:
+        payload = await self._render(audience, root, thread)
+        coalesce = audience.field_name == UNREAD_COUNT_CHANGED
+        for member in list(audience.members.values()):
+            frame = member.prefix + payload + "}"
+            outlet = member.outlet
+            if coalesce:
+                outlet.push_latest((member.operation_id, root.thread_id), frame)
+            elif outlet.backlog >= self.limits.outbox_frames:
+                self._lagged(member)
+            else:
+                outlet.push(frame)
+
+    def _lagged(self, member: Member) -> None:
+        self.metrics.live_subscribers_lagged += 1
+        self._leave(member)
+        member.end(
+            [
+                {
+                    "message": "this subscriber fell too far behind and missed messages: "
+                    "refetch the thread and subscribe again",
+                    "extensions": {"code": "RESYNC_REQUIRED"},
+                }
+            ]
+        )
+
+    async def _render(self, audience: Audience, root: Any, thread: Any) -> str:
+        """The `payload` of a next message for `root`, executed once for the audience."""
+        from gql.subscriptions import UnreadCountEvent
+        from gql.types import MessageType
+
+        context = audience.context
+        context.forget_loaded()
+        if thread is not None:
+            context.loaders.thread.prime(thread.id, thread)
+        value = (
+            MessageType.from_domain(root)
+            if audience.field_name == NEW_MESSAGE
+            else UnreadCountEvent.from_counts(root)
+        )
+        try:
+            result = execute_subscription_event(audience.executor.build_per_event_executor(value))
+            if isinstance(result, Awaitable):
+                result = await result
+        finally:
+            await context.reads.close()
+        body: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            body["errors"] = [shape_error(e, context.request_id).formatted for e in result.errors]
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+    # --- keep-alive ----------------------------------------------------------------------
+
+    async def _keepalive_loop(self) -> None:
+        ping = {TRANSPORT_WS: '{"type":"ping"}', LEGACY_WS: '{"type":"ka"}'}
+        while True:
+            await asyncio.sleep(self.limits.keepalive_s)
+            for outlet in list(self._outlets):
+                outlet.push(ping[outlet.protocol])
+
+    # --- the cross-instance listener -----------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        assert self._backend is not None
+        delay = 0.1
+        while True:
+            try:
+                await self._backend.connect()
+                await self._backend.subscribe(CHANNEL)
+                if not self.pubsub_connected:
+                    log.info("[WA-LIVE] pub/sub %s connected", self.pubsub_state["backend"])
+                self.pubsub_connected = True
+                delay = 0.1
+                if self._outage_since is not None:
+                    self._pending.put_nowait(("resync", self._outage_since))
+                    self._outage_since = None
+                while True:
+                    wire = await self._backend.next_published()
+                    event = _from_wire(self.instance_id, wire.message)
+                    if event is not None:
+                        self._pending.put_nowait(("remote", event))
+            except asyncio.CancelledError:
+                raise
+            except Exception as failure:
+                if self.pubsub_connected or self._outage_since is None:
+                    log.error(
+                        "[WA-LIVE] pub/sub %s unavailable (%s): reconnecting with backoff; "
+                        "/readyz reports it degraded",
+                        self.pubsub_state["backend"],
+                        type(failure).__name__,
+                    )
+                # Events from other instances may be lost from here on: remember since when.
+                if self._outage_since is None:
+                    self._outage_since = datetime.now(UTC) - timedelta(seconds=5)
+                self.pubsub_connected = False
+                self.metrics.pubsub_reconnects += 1
+                await self._disconnect_backend()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _disconnect_backend(self) -> None:
+        assert self._backend is not None
+        try:
+            await self._backend.disconnect()
+        except Exception as failure:  # the connection is being dropped anyway
+            log.debug("pub/sub disconnect: %s", type(failure).__name__)
+
+    async def _unread_snapshot(
+        self, business_id: int, since: datetime
+    ) -> read_state.UnreadSnapshot:
+        async def snapshot(session: Any) -> read_state.UnreadSnapshot:
+            return await read_state.unread_snapshot(
+                session, business_id, changed_since=since, limit=self.limits.resync_thread_limit
+            )
+
+        return await run_unit_of_work(self.sessions, snapshot)
+
+    async def _resync(self, since: datetime) -> None:
+        """After an outage, send every badge subscriber the counts it may have missed."""
+        for business_id, audiences in list(self._audiences.items()):
+            badges = [a for a in audiences.values() if a.field_name == UNREAD_COUNT_CHANGED]
+            if not badges:
+                continue
+            snapshot = await self._unread_snapshot(business_id, since)
+            for thread_id, unread in snapshot.thread_unread.items():
+                counts = UnreadCounts(thread_id, unread, snapshot.total_unread)
+                for audience in badges:
+                    await self._send(audience, counts, None)
+        log.info("[WA-LIVE] resynced unread badges after the pub/sub outage since %s", since)
+
+
+@dataclass(frozen=True)
+class UnreadCounts:
+    thread_id: int
+    thread_unread: int
+    total_unread: int
+
+
+def _to_wire(instance_id: str, event: InboxEvent) -> str:
+    kind = "message" if isinstance(event, MessageStored) else "read"
+    body = {"origin": instance_id, "kind": kind, **event.__dict__}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def _from_wire(instance_id: str, text: str) -> InboxEvent | None:
+    """The event another instance published; None for our own and for unreadable ones."""
+    try:
+        body = json.loads(text)
+        if body.pop("origin") == instance_id:
+            return None
+        kind = body.pop("kind")
+        if kind == "message":
+            return MessageStored(**body)
+        if kind == "read":
+            return ThreadRead(**body)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass
+    log.warning("[WA-LIVE] ignored an unreadable pub/sub message")
+    return None

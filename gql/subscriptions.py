@@ -1,0 +1,59 @@
+"""Subscription root: the fields live clients subscribe to over websockets at /graphql.
+
+Subscriptions are served by the fan-out hub (gql/fanout.py) through the websocket handlers of
+gql/websocket.py, which execute each event once per audience of identical subscriptions. The
+resolvers below only define the fields; Strawberry's per-subscriber streaming is not used.
+"""
+
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
+
+import strawberry
+from graphql import GraphQLError
+from strawberry import UNSET
+
+from gql.types import MessageType
+
+if TYPE_CHECKING:
+    from gql.fanout import UnreadCounts
+
+
+@strawberry.type(name="UnreadCountEvent")
+class UnreadCountEvent:
+    thread_id: strawberry.ID
+    unread_count: int
+    total_unread: int
+
+    @classmethod
+    def from_counts(cls, counts: "UnreadCounts") -> "UnreadCountEvent":
+        return cls(
+            thread_id=strawberry.ID(str(counts.thread_id)),
+            unread_count=counts.thread_unread,
+            total_unread=counts.total_unread,
+        )
+
+
+def _served_by_the_hub() -> GraphQLError:
+    return GraphQLError("subscriptions are served over websockets at /graphql")
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="Every new message of the business, or of one thread (threadId)."
+    )
+    async def new_message(
+        self, thread_id: strawberry.ID | None = UNSET
+    ) -> AsyncGenerator[MessageType, None]:
+        raise _served_by_the_hub()
+        yield  # pragma: no cover - makes this an async generator
+
+    @strawberry.subscription(
+        description=(
+            "The unread count of a thread and the business total, after an inbound message "
+            "is stored and after markRead."
+        )
+    )
+    async def unread_count_changed(self) -> AsyncGenerator[UnreadCountEvent, None]:
+        raise _served_by_the_hub()
+        yield  # pragma: no cover - makes this an async generator

@@ -1,0 +1,265 @@
+"""GraphQL over websockets at /graphql: Strawberry's protocol handlers, with our rules.
+
+- `graphql-transport-ws` (the `graphql-ws` JS client, Apollo, urql) and the legacy
+  `graphql-ws` subprotocol.
+- Authentication happens in `connection_init` (payload `{"Authorization": "Bearer <JWT>"}`,
+  any case): a missing or bad token closes the socket with 4403; nothing runs before the
+  acknowledgement.
+- Subscriptions are served by the fan-out hub; every frame of a connection, Strawberry's own
+  messages included, goes through the connection's outbox, so frames keep their order.
+- Queries and mutations sent over the socket run in a unit of work of their own.
+"""
+
+import asyncio
+import json
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError, OperationType, get_operation_ast
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+
+from db.unit_of_work import Sessions
+from domain.errors import DomainError
+from domain.metrics import InboxMetrics
+from gql.auth import Principal, authenticate
+from gql.context import Context
+from gql.fanout import LEGACY_WS, TRANSPORT_WS, FanOutHub, Outlet
+from gql.http import checked_document
+
+CLOSE_FORBIDDEN = 4403
+
+
+@dataclass
+class SocketContext:
+    """One websocket connection: who it is (after connection_init) and its outbox."""
+
+    websocket: WebSocket
+    connection_params: dict[str, Any] | None = None
+    principal: Principal | None = None
+    outlet: Outlet | None = field(default=None, repr=False)
+
+
+def authorization_from(params: dict[str, Any] | None) -> str | None:
+    """The Authorization entry of a connection_init payload, whatever its case."""
+    for name, value in (params or {}).items():
+        if isinstance(name, str) and name.lower() == "authorization" and isinstance(value, str):
+            return value
+    return None
+
+
+class InboxWebSocketView(GraphQL[SocketContext, None]):
+    def __init__(
+        self,
+        schema: strawberry.Schema,
+        *,
+        hub: FanOutHub,
+        sessions: Sessions,
+        auth_secret: str,
+        default_region: str,
+        metrics: InboxMetrics,
+        connection_init_timeout: timedelta = timedelta(seconds=10),
+        max_subscriptions_per_connection: int = 100,
+    ) -> None:
+        super().__init__(
+            schema,
+            graphql_ide=None,
+            connection_init_wait_timeout=connection_init_timeout,
+            max_subscriptions_per_connection=max_subscriptions_per_connection,
+        )
+        self.hub = hub
+        self.sessions = sessions
+        self.auth_secret = auth_secret
+        self.default_region = default_region
+        self.metrics = metrics
+        self.graphql_transport_ws_handler_class = TransportWSHandler
+        self.graphql_ws_handler_class = LegacyWSHandler
+
+    async def get_context(self, request: Any, response: Any) -> SocketContext:
+        return SocketContext(websocket=response)
+
+    async def on_ws_connect(self, context: SocketContext) -> None:
+        try:
+            context.principal = authenticate(
+                authorization_from(context.connection_params), self.auth_secret
+            )
+        except DomainError as refused:
+            raise ConnectionRejectionError({"message": refused.message}) from None
+
+    async def execute_once(
+        self, context: SocketContext, query: str, variables: Any, operation_name: str | None
+    ) -> dict[str, Any]:
+        """A query or mutation sent over the socket, in a request context of its own."""
+        assert context.principal is not None
+        request_context = Context(
+            request_id=uuid.uuid4().hex,
+            principal=context.principal,
+            sessions=self.sessions,
+            default_region=self.default_region,
+            metrics=self.metrics,
+            publish=self.hub.publish,
+        )
+        try:
+            result = await self.schema.execute(
+                query,
+                variable_values=variables,
+                context_value=request_context,
+                operation_name=operation_name,
+            )
+        finally:
+            await request_context.reads.close()
+        body: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            body["errors"] = [error.formatted for error in result.errors]
+        return body
+
+
+def _is_subscription(schema: strawberry.Schema, query: str, operation_name: str | None) -> bool:
+    document, errors = checked_document(schema._schema, query)
+    if errors or document is None:
+        return True  # the hub reports the errors in the protocol's own way
+    operation = get_operation_ast(document, operation_name)
+    return operation is None or operation.operation is OperationType.SUBSCRIPTION
+
+
+class TransportWSHandler(BaseGraphQLTransportWSHandler[SocketContext, None]):
+    view: InboxWebSocketView
+
+    async def handle(self) -> None:
+        outlet = self.view.hub.open_outlet(self.context.websocket, TRANSPORT_WS)
+        self.context.outlet = outlet
+        try:
+            await super().handle()
+        finally:
+            await self.view.hub.close_outlet(outlet)
+
+    async def send_message(self, message: Any) -> None:
+        assert self.context.outlet is not None
+        self.context.outlet.push(json.dumps(message, separators=(",", ":")))
+
+    async def run_operation(self, operation: Operation[SocketContext, None]) -> None:
+        context = self.context
+        assert context.outlet is not None
+        assert context.principal is not None
+        try:
+            if _is_subscription(self.schema, operation.query, operation.operation_name):  # type: ignore[arg-type]
+                await self.view.hub.serve(
+                    context.outlet,
+                    context.principal,
+                    operation.id,
+                    operation.query,
+                    operation.variables,
+                    operation.operation_name,
+                )
+            else:
+                body = await self.view.execute_once(
+                    context, operation.query, operation.variables, operation.operation_name
+                )
+                await self.send_message({"id": operation.id, "type": "next", "payload": body})
+                await self.send_message({"id": operation.id, "type": "complete"})
+        finally:
+            self.operations.pop(operation.id, None)
+
+
+class LegacyWSHandler(BaseGraphQLWSHandler[SocketContext, None]):
+    """The legacy `graphql-ws` subprotocol (subscriptions-transport-ws)."""
+
+    view: InboxWebSocketView
+
+    async def handle(self) -> None:
+        outlet = self.view.hub.open_outlet(self.context.websocket, LEGACY_WS)
+        self.context.outlet = outlet
+        try:
+            await super().handle()
+        finally:
+            await self.view.hub.close_outlet(outlet)
+
+    async def send_message(self, message: Any) -> None:
+        assert self.context.outlet is not None
+        self.context.outlet.push(json.dumps(message, separators=(",", ":")))
+
+    async def handle_connection_init(self, message: Any) -> None:
+        if self.connection_acknowledged:
+            return
+        payload = message.get("payload")
+        if payload is not None and not isinstance(payload, dict):
+            await self.websocket.close(code=CLOSE_FORBIDDEN, reason="Invalid payload")
+            return
+        self.context.connection_params = payload
+        try:
+            await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError:
+            # The legacy protocol would answer with 1011; both protocols close with 4403.
+            await self.websocket.close(code=CLOSE_FORBIDDEN, reason="Forbidden")
+            return
+        await self.send_message({"type": "connection_ack"})
+        self.connection_acknowledged = True
+
+    async def handle_start(self, message: Any) -> None:
+        if not self.connection_acknowledged:
+            await self.websocket.close(code=4401, reason="Unauthorized")
+            return
+        operation_id = message.get("id")
+        payload = message.get("payload")
+        if not isinstance(operation_id, str) or not isinstance(payload, dict):
+            await self.websocket.close(code=4400, reason="Invalid start message")
+            return
+        if operation_id in self.tasks:
+            await self.cleanup_operation(operation_id)
+        limit = self.max_subscriptions_per_connection
+        if limit is not None and len(self.tasks) >= limit:
+            error = GraphQLError("Subscription limit reached")
+            await self.send_message(
+                {"type": "error", "id": operation_id, "payload": error.formatted}
+            )
+            return
+        self.tasks[operation_id] = asyncio.create_task(
+            self._serve(
+                operation_id,
+                payload.get("query"),
+                payload.get("variables"),
+                payload.get("operationName"),
+            )
+        )
+
+    async def _serve(
+        self, operation_id: str, query: Any, variables: Any, operation_name: Any
+    ) -> None:
+        context = self.context
+        assert context.outlet is not None
+        assert context.principal is not None
+        try:
+            if not isinstance(query, str):
+                error = GraphQLError("`query` must be a string")
+                await self.send_message(
+                    {"type": "error", "id": operation_id, "payload": error.formatted}
+                )
+            elif _is_subscription(self.schema, query, operation_name):  # type: ignore[arg-type]
+                await self.view.hub.serve(
+                    context.outlet,
+                    context.principal,
+                    operation_id,
+                    query,
+                    variables,
+                    operation_name,
+                )
+            else:
+                body = await self.view.execute_once(context, query, variables, operation_name)
+                await self.send_message({"type": "data", "id": operation_id, "payload": body})
+                await self.send_message({"type": "complete", "id": operation_id})
+        except asyncio.CancelledError:
+            with suppress(Exception):
+                await self.send_message({"type": "complete", "id": operation_id})
+            raise
+        finally:
+            self.tasks.pop(operation_id, None)
