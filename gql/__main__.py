@@ -3,6 +3,7 @@
 import argparse
 import logging
 import sys
+from typing import Any
 
 from db.embedded import start_embedded_postgres
 from db.migrations import upgrade_to_head
@@ -41,7 +42,7 @@ def serve(settings: Settings) -> None:
     )
 
 
-def websocket_server_options(settings: Settings) -> dict[str, object]:
+def websocket_server_options(settings: Settings) -> dict[str, Any]:
     """uvicorn's websocket options: bounded messages, no per-message compression.
 
     Compression would cost every subscriber its own zlib state (tens of KB) for payloads of

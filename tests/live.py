@@ -63,10 +63,10 @@ class GraphQLSocket:
     async def send(self, message: dict[str, Any]) -> None:
         await self.connection.send(json.dumps(message))
 
-    async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def receive(self, wait_s: float = 5.0) -> dict[str, Any]:
         """The next message that is not a keep-alive."""
         while True:
-            raw = await asyncio.wait_for(self.connection.recv(), timeout)
+            raw = await asyncio.wait_for(self.connection.recv(), wait_s)
             message: dict[str, Any] = json.loads(raw)
             if message.get("type") not in ("ping", "pong", "ka"):
                 return message
@@ -88,9 +88,9 @@ class GraphQLSocket:
         kind = "complete" if self.protocol == TRANSPORT_WS else "stop"
         await self.send({"id": operation_id, "type": kind})
 
-    async def next_payload(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def next_payload(self, wait_s: float = 5.0) -> dict[str, Any]:
         """The payload of the next data message."""
-        message = await self.receive(timeout)
+        message = await self.receive(wait_s)
         assert message["type"] in ("next", "data"), message
         payload: dict[str, Any] = message["payload"]
         return payload

@@ -238,7 +238,13 @@ async def test_start_up_names_a_missing_constraint_and_readyz_reports_degraded(
 async def test_readyz_is_ok_with_every_constraint_in_place(http: httpx.AsyncClient) -> None:
     ready = await http.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ok", "checks": {"database": {"status": "ok"}}}
+    assert ready.json() == {
+        "status": "ok",
+        "checks": {
+            "database": {"status": "ok"},
+            "pubsub": {"status": "ok", "backend": "memory"},
+        },
+    }
     assert (await http.get("/healthz")).status_code == 200
 
 
