@@ -147,6 +147,12 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[SocketContext, None]):
         assert self.context.outlet is not None
         self.context.outlet.push(json.dumps(message, separators=(",", ":")))
 
+    async def handle_connection_init(self, message: Any) -> None:
+        # A null payload carries no token: refused with 4403 like an empty one, not 4400.
+        if message.get("payload") is None:
+            message = {**message, "payload": {}}
+        await super().handle_connection_init(message)
+
     async def run_operation(self, operation: Operation[SocketContext, None]) -> None:
         context = self.context
         assert context.outlet is not None

@@ -25,8 +25,7 @@ async def serving(app: Starlette, **options: Any) -> AsyncIterator[str]:
         port=0,
         log_level="warning",
         lifespan="off",  # the app fixture runs the lifespan already
-        ws_per_message_deflate=False,
-        **options,
+        **{"ws": "websockets-sansio", "ws_per_message_deflate": False, **options},
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
