@@ -201,6 +201,7 @@ class FanOutHub:
         self._audiences: dict[int, dict[tuple[Any, ...], Audience]] = {}
         self._outlets: set[Outlet] = set()
         self._pending: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(self.limits.pending_events)
+        self._outgoing: asyncio.Queue[InboxEvent] = asyncio.Queue(self.limits.pending_events)
         self._tasks: list[asyncio.Task[None]] = []
         self._outage_since: datetime | None = None
         self.pubsub_connected = self._backend is None
@@ -212,6 +213,7 @@ class FanOutHub:
         self._tasks.append(asyncio.create_task(self._keepalive_loop(), name="fanout-keepalive"))
         if self._backend is not None:
             self._tasks.append(asyncio.create_task(self._listen_loop(), name="fanout-listen"))
+            self._tasks.append(asyncio.create_task(self._forward_loop(), name="fanout-forward"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -369,7 +371,7 @@ class FanOutHub:
             try:
                 if origin == "local":
                     await self._deliver(item)
-                    await self._forward(item)
+                    self._queue_forward(item)
                 elif origin == "remote":
                     await self._deliver(item)
                 else:
@@ -378,20 +380,34 @@ class FanOutHub:
                 # One event that cannot be delivered must not stop the ones after it.
                 log.exception("[WA-LIVE] delivering %r failed", item)
 
-    async def _forward(self, event: InboxEvent) -> None:
+    def _queue_forward(self, event: InboxEvent) -> None:
+        """Hand an event to the forwarder, so a slow backend never delays local delivery."""
         if self._backend is None:
             return
         try:
-            await self._backend.publish(CHANNEL, _to_wire(self.instance_id, event))
-        except Exception as failure:
-            self.metrics.pubsub_publish_failures += 1
-            log.warning(
-                "[WA-LIVE] could not publish to %s (%s): other instances miss one event of "
-                "business_id=%s until they resync",
-                self.pubsub_state["backend"],
-                type(failure).__name__,
-                event.business_id,
-            )
+            self._outgoing.put_nowait(event)
+        except asyncio.QueueFull:
+            self._forward_failed(event, "the outgoing queue is full")
+
+    async def _forward_loop(self) -> None:
+        assert self._backend is not None
+        while True:
+            event = await self._outgoing.get()
+            try:
+                await self._backend.publish(CHANNEL, _to_wire(self.instance_id, event))
+            except Exception as failure:  # logged and counted; the listener reconnects
+                self._forward_failed(event, type(failure).__name__)
+
+    def _forward_failed(self, event: InboxEvent, reason: str) -> None:
+        self.metrics.pubsub_publish_failures += 1
+        log.warning(
+            "[WA-LIVE] could not publish to %s (%s): other instances miss an event of "
+            "business_id=%s thread_id=%s; their badges resync when pub/sub recovers",
+            self.pubsub_state["backend"],
+            reason,
+            event.business_id,
+            event.thread_id,
+        )
 
     # --- delivery ------------------------------------------------------------------------
 

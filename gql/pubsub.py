@@ -34,7 +34,11 @@ class RedisBackend(BroadcastBackend):
 
     async def connect(self) -> None:
         client = redis.Redis.from_url(
-            self._url, socket_connect_timeout=2, socket_keepalive=True, health_check_interval=5
+            self._url,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            socket_keepalive=True,
+            health_check_interval=5,
         )
         try:
             await client.ping()
