@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint format schema migrate clean
+.PHONY: install run test lint format schema migrate clean bench-fanout
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-inbox needs Python 3.11 or later")'
@@ -42,3 +42,7 @@ schema: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## Live-update fan-out benchmark (1,000 and 5,000 websocket subscribers); not part of `make test`.
+bench-fanout: install
+	$(BIN)/python -m bench.fanout --subscribers 1000 5000 --messages 30

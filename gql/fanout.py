@@ -21,7 +21,7 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +49,8 @@ CHANNEL = "wa_inbox_events"
 NEW_MESSAGE = "newMessage"
 UNREAD_COUNT_CHANGED = "unreadCountChanged"
 
+YIELD_EVERY_MEMBERS = 25
+
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
 
@@ -62,63 +64,133 @@ class FanOutLimits:
     resync_thread_limit: int = 100
 
 
-class Outlet:
-    """One websocket connection's outbox and the task that writes it, in order."""
+class _Continuation:
+    """Finishes a coroutine that was started by hand and suspended at its first await."""
 
-    __slots__ = ("_coalesced", "_frames", "_wakeup", "_writer", "limits", "protocol", "websocket")
+    __slots__ = ("_coroutine", "_yielded")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], yielded: Any) -> None:
+        self._coroutine = coroutine
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        value = self._yielded
+        while True:
+            try:
+                received = yield value
+            except BaseException as error:
+                try:
+                    value = self._coroutine.throw(error)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = self._coroutine.send(received)
+                except StopIteration:
+                    return
+
+
+def _send_eagerly(coroutine: Coroutine[Any, Any, None]) -> _Continuation | None:
+    """Run a send until it completes (None) or has to wait for the socket (its rest).
+
+    A writable websocket takes a frame without suspending, so most deliveries are written
+    inline by the fan-out loop: no task, no future, nothing for the garbage collector to
+    track per delivery. Only a socket that is not writable gets a task to finish the write.
+    """
+    try:
+        yielded = coroutine.send(None)
+    except StopIteration:
+        return None
+    return _Continuation(coroutine, yielded)
+
+
+class Outlet:
+    """One websocket connection's outbox: frames are written in order, eagerly when possible."""
+
+    __slots__ = (
+        "_coalesced",
+        "_drain_task",
+        "_frames",
+        "closed",
+        "limits",
+        "protocol",
+        "websocket",
+    )
 
     def __init__(self, websocket: WebSocket, protocol: str, limits: FanOutLimits) -> None:
         self.websocket = websocket
         self.protocol = protocol
         self.limits = limits
+        self.closed = False
         self._frames: deque[str] = deque()
         self._coalesced: dict[tuple[str, int], str] = {}
-        self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
 
     @property
     def backlog(self) -> int:
         return len(self._frames)
 
     def push(self, frame: str) -> None:
+        if self.closed:
+            return
         self._frames.append(frame)
-        self._wake()
+        self._flush()
 
     def push_latest(self, key: tuple[str, int], frame: str) -> None:
         """Queue `frame`, replacing a not yet sent frame of the same key (latest wins)."""
+        if self.closed:
+            return
         coalesced = self._coalesced
         if key not in coalesced and len(coalesced) >= self.limits.coalesced_threads:
             del coalesced[next(iter(coalesced))]
         coalesced[key] = frame
-        self._wake()
+        self._flush()
 
-    def _wake(self) -> None:
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write())
-        self._wakeup.set()
+    def _next_frame(self) -> str:
+        if self._frames:
+            return self._frames.popleft()
+        key = next(iter(self._coalesced))
+        return self._coalesced.pop(key)
 
-    async def _write(self) -> None:
+    def _flush(self) -> None:
+        if self._drain_task is not None or self.closed:
+            return  # the drain task writes what is queued, in order
+        while self._frames or self._coalesced:
+            try:
+                rest = _send_eagerly(self.websocket.send_text(self._next_frame()))
+            except Exception as failure:
+                self._gone(failure)
+                return
+            if rest is not None:
+                self._drain_task = asyncio.create_task(self._drain(rest))
+                return
+
+    async def _drain(self, rest: _Continuation) -> None:
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._frames or self._coalesced:
-                    if self._frames:
-                        frame = self._frames.popleft()
-                    else:
-                        key = next(iter(self._coalesced))
-                        frame = self._coalesced.pop(key)
-                    await self.websocket.send_text(frame)
-        except Exception as failure:  # the client is gone; the handler will clean up
-            log.debug("websocket writer stopped: %s", type(failure).__name__)
+            await rest
+            while self._frames or self._coalesced:
+                await self.websocket.send_text(self._next_frame())
+        except Exception as failure:
+            self._gone(failure)
+        finally:
+            self._drain_task = None
 
-    async def close(self) -> None:
+    def _gone(self, failure: Exception) -> None:
+        # The client is gone; its handler unregisters it when the socket reports the close.
+        log.debug("websocket write failed: %s", type(failure).__name__)
+        self.closed = True
         self._frames.clear()
         self._coalesced.clear()
-        if self._writer is not None:
-            self._writer.cancel()
+
+    async def close(self) -> None:
+        self.closed = True
+        self._frames.clear()
+        self._coalesced.clear()
+        task = self._drain_task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+                await task
 
 
 def _frame(protocol: str, kind: str, operation_id: str, payload: str | None = None) -> str:
@@ -445,7 +517,10 @@ class FanOutHub:
     async def _send(self, audience: Audience, root: Any, thread: Any) -> None:
         payload = await self._render(audience, root, thread)
         coalesce = audience.field_name == UNREAD_COUNT_CHANGED
-        for member in list(audience.members.values()):
+        for sent, member in enumerate(list(audience.members.values()), start=1):
+            if sent % YIELD_EVERY_MEMBERS == 0:
+                # Let requests and other connections run between slices of a large fan-out.
+                await asyncio.sleep(0)
             frame = member.prefix + payload + "}"
             outlet = member.outlet
             if coalesce:

@@ -89,10 +89,11 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         return SocketContext(websocket=response)
 
     async def on_ws_connect(self, context: SocketContext) -> None:
+        authorization = authorization_from(context.connection_params)
+        # Kept for the life of the socket otherwise; the principal is all we need of it.
+        context.connection_params = None
         try:
-            context.principal = authenticate(
-                authorization_from(context.connection_params), self.auth_secret
-            )
+            context.principal = authenticate(authorization, self.auth_secret)
         except DomainError as refused:
             raise ConnectionRejectionError({"message": refused.message}) from None
 
