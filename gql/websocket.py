@@ -133,20 +133,28 @@ def _is_subscription(schema: strawberry.Schema, query: str, operation_name: str 
     return operation is None or operation.operation is OperationType.SUBSCRIPTION
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[SocketContext, None]):
-    view: InboxWebSocketView
+class _OutboxHandler:
+    """Gives a Strawberry protocol handler the connection's outbox, for every frame it sends."""
+
+    protocol: str
+    view: Any  # the InboxWebSocketView, typed by Strawberry's own handler classes
+    context: SocketContext
 
     async def handle(self) -> None:
-        outlet = self.view.hub.open_outlet(self.context.websocket, TRANSPORT_WS)
+        outlet = self.view.hub.open_outlet(self.context.websocket, self.protocol)
         self.context.outlet = outlet
         try:
-            await super().handle()
+            await super().handle()  # type: ignore[misc]
         finally:
             await self.view.hub.close_outlet(outlet)
 
     async def send_message(self, message: Any) -> None:
         assert self.context.outlet is not None
         self.context.outlet.push(json.dumps(message, separators=(",", ":")))
+
+
+class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketContext, None]):
+    protocol = TRANSPORT_WS
 
     async def handle_connection_init(self, message: Any) -> None:
         # A null payload carries no token: refused with 4403 like an empty one, not 4400.
@@ -175,25 +183,15 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[SocketContext, None]):
                 await self.send_message({"id": operation.id, "type": "next", "payload": body})
                 await self.send_message({"id": operation.id, "type": "complete"})
         finally:
-            self.operations.pop(operation.id, None)
+            # The client may already have reused this id for a new operation.
+            if self.operations.get(operation.id) is operation:
+                del self.operations[operation.id]
 
 
-class LegacyWSHandler(BaseGraphQLWSHandler[SocketContext, None]):
+class LegacyWSHandler(_OutboxHandler, BaseGraphQLWSHandler[SocketContext, None]):
     """The legacy `graphql-ws` subprotocol (subscriptions-transport-ws)."""
 
-    view: InboxWebSocketView
-
-    async def handle(self) -> None:
-        outlet = self.view.hub.open_outlet(self.context.websocket, LEGACY_WS)
-        self.context.outlet = outlet
-        try:
-            await super().handle()
-        finally:
-            await self.view.hub.close_outlet(outlet)
-
-    async def send_message(self, message: Any) -> None:
-        assert self.context.outlet is not None
-        self.context.outlet.push(json.dumps(message, separators=(",", ":")))
+    protocol = LEGACY_WS
 
     async def handle_connection_init(self, message: Any) -> None:
         if self.connection_acknowledged:
@@ -269,4 +267,5 @@ class LegacyWSHandler(BaseGraphQLWSHandler[SocketContext, None]):
                 await self.send_message({"type": "complete", "id": operation_id})
             raise
         finally:
-            self.tasks.pop(operation_id, None)
+            if self.tasks.get(operation_id) is asyncio.current_task():
+                del self.tasks[operation_id]

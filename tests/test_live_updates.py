@@ -395,3 +395,25 @@ async def test_websocket_messages_are_bounded_in_size(app: Starlette, settings: 
         )
         assert await closed_code(socket) == 1009
     assert options["ws_per_message_deflate"] is False
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_an_operation_id_reused_right_after_complete_is_served_and_released(
+    app: Starlette, client: GraphQLClient, protocol: str
+) -> None:
+    async with serving(app) as url:
+        async with GraphQLSocket.open(url, protocol) as socket:
+            for _ in range(20):
+                await socket.subscribe("same", UNREAD_COUNT_CHANGED)
+                await socket.complete("same")
+            await socket.subscribe("same", UNREAD_COUNT_CHANGED)
+            await ingest(client, phone="+14155550164", body="after reuse")
+            while (message := await socket.receive())["type"] == "complete":
+                continue
+            assert message["payload"]["data"]["unreadCountChanged"]["totalUnread"] == 1
+            assert app.state.hub.registered()[1] == 1
+        for _ in range(100):
+            if app.state.hub.registered() == (0, 0, 0):
+                break
+            await asyncio.sleep(0.05)
+        assert app.state.hub.registered() == (0, 0, 0)
