@@ -1,31 +1,30 @@
-"""What changed, as the live-updates layer publishes it once the unit of work has committed."""
+"""What changed, as the live-updates layer publishes it once the unit of work has committed.
+
+Events name what changed, not the counts it led to: counts read inside concurrent
+transactions cannot see each other's writes, so the last event of a burst could carry a
+total that is already stale. Whoever delivers an event reads the counts after the commit,
+which makes the latest delivered event always carry the latest committed state.
+"""
 
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class MessageStored:
-    """A new message (never a dedupe-skipped duplicate) is in its thread.
-
-    The unread counts are read in the storing transaction; they are present when the message
-    counts as unread (inbound, not historical), None otherwise.
-    """
+    """A new message (never a dedupe-skipped duplicate) is in its thread."""
 
     business_id: int
     thread_id: int
     message_id: int
-    thread_unread: int | None = None
-    total_unread: int | None = None
+    changes_unread: bool  # inbound and not historical: the unread counts moved
 
 
 @dataclass(frozen=True)
 class ThreadRead:
-    """A thread's read point moved: its unread count and the business total, as committed."""
+    """A thread's read point moved."""
 
     business_id: int
     thread_id: int
-    thread_unread: int
-    total_unread: int
 
 
 InboxEvent = MessageStored | ThreadRead

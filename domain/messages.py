@@ -237,15 +237,10 @@ async def _store(
     if row is None:
         raise _ProviderIdTaken
     stored = Message.from_row(row)
-    event = MessageStored(message.business_id, stored.thread_id, stored.id)
-    if stored.direction is Direction.INBOUND and not stored.historical:
-        # Counted in the storing transaction, so the event carries what this commit made true.
-        counts = await statements.unread_counts(session, message.business_id, [stored.thread_id])
-        event = MessageStored(
-            message.business_id,
-            stored.thread_id,
-            stored.id,
-            thread_unread=counts.get(stored.thread_id, 0),
-            total_unread=await statements.total_unread(session, message.business_id),
-        )
+    event = MessageStored(
+        message.business_id,
+        stored.thread_id,
+        stored.id,
+        changes_unread=stored.direction is Direction.INBOUND and not stored.historical,
+    )
     return IngestOutcome(stored, Thread.from_row(conversation), duplicate=False, event=event)

@@ -30,7 +30,7 @@ class ReadOutcome:
 
     @property
     def event(self) -> ThreadRead:
-        return ThreadRead(self.thread.business_id, self.thread.id, 0, self.total_unread)
+        return ThreadRead(self.thread.business_id, self.thread.id)
 
 
 async def unread_counts(

@@ -498,12 +498,27 @@ class FanOutHub:
                 if loaded is not None:
                     for audience in wanted:
                         await self._send(audience, loaded.message, loaded.thread)
-        if event.total_unread is None or event.thread_unread is None:
+        if isinstance(event, MessageStored) and not event.changes_unread:
             return
-        counts = UnreadCounts(event.thread_id, event.thread_unread, event.total_unread)
-        for audience in list(audiences.values()):
-            if audience.field_name == UNREAD_COUNT_CHANGED:
+        badges = [a for a in audiences.values() if a.field_name == UNREAD_COUNT_CHANGED]
+        if badges:
+            # Read after the commit, so the latest event delivered carries the latest state.
+            snapshot = await self._current_counts(event.business_id, event.thread_id)
+            counts = UnreadCounts(
+                event.thread_id, snapshot.thread_unread[event.thread_id], snapshot.total_unread
+            )
+            for audience in badges:
                 await self._send(audience, counts, None)
+
+    async def _current_counts(self, business_id: int, thread_id: int) -> read_state.UnreadSnapshot:
+        async def read(session: Any) -> read_state.UnreadSnapshot:
+            return read_state.UnreadSnapshot(
+                business_id,
+                await read_state.unread_counts(session, business_id, [thread_id]),
+                await read_state.total_unread(session, business_id),
+            )
+
+        return await run_unit_of_work(self.sessions, read)
 
     async def _load_message(self, event: MessageStored) -> LoadedMessage | None:
         async def load(session: Any) -> LoadedMessage | None:
