@@ -59,20 +59,14 @@ def create_app(settings: Settings) -> Starlette:
     )
     graphql = GraphQLEndpoint(
         schema,
-        sessions=sessions,
+        contexts=hub.contexts,
         auth_secret=auth_secret,
-        default_region=settings.default_region,
-        metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
-        publish=hub.publish,
     )
     websockets = InboxWebSocketView(
         schema,
         hub=hub,
-        sessions=sessions,
         auth_secret=auth_secret,
-        default_region=settings.default_region,
-        metrics=metrics,
     )
     health = HealthEndpoints(sessions, metrics, lambda: hub.pubsub_state)
 

@@ -63,3 +63,23 @@ class Context:
     @property
     def business_id(self) -> int:
         return self.principal.business_id
+
+
+@dataclass(frozen=True)
+class ContextFactory:
+    """Builds the context of each unit of work: HTTP requests, socket operations, events."""
+
+    sessions: Sessions
+    default_region: str
+    metrics: InboxMetrics
+    publish: Callable[[InboxEvent | None], None]
+
+    def __call__(self, principal: Principal, request_id: str) -> Context:
+        return Context(
+            request_id=request_id,
+            principal=principal,
+            sessions=self.sessions,
+            default_region=self.default_region,
+            metrics=self.metrics,
+            publish=self.publish,
+        )

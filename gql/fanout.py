@@ -38,7 +38,7 @@ from domain.events import InboxEvent, MessageStored, ThreadRead
 from domain.metrics import InboxMetrics
 from gql.arguments import parse_row_id
 from gql.auth import Principal
-from gql.context import Context
+from gql.context import Context, ContextFactory
 from gql.errors import shape_error
 from gql.http import checked_document
 from gql.pubsub import backend_for
@@ -264,8 +264,8 @@ class FanOutHub:
     ) -> None:
         self.schema = schema
         self.sessions = sessions
-        self.default_region = default_region
         self.metrics = metrics
+        self.contexts = ContextFactory(sessions, default_region, metrics, self.publish)
         self.limits = limits or FanOutLimits()
         self.broadcast_url = broadcast_url
         self.instance_id = uuid.uuid4().hex
@@ -382,14 +382,7 @@ class FanOutHub:
         operation = get_operation_ast(document, operation_name)
         if operation is None or operation.operation is not OperationType.SUBSCRIPTION:
             raise GraphQLError("send queries and mutations over HTTP; this is a subscription")
-        context = Context(
-            request_id=f"subscription-{principal.business_id}",
-            principal=principal,
-            sessions=self.sessions,
-            default_region=self.default_region,
-            metrics=self.metrics,
-            publish=self.publish,
-        )
+        context = self.contexts(principal, f"subscription-{principal.business_id}")
         executor = Executor.build(
             graphql_schema,
             document,

@@ -8,7 +8,7 @@ fails before execution (malformed parameters, syntax, validation, variables);
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -31,12 +31,9 @@ from starlette.types import Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.types import ExecutionResult
 
-from db.unit_of_work import Sessions
 from domain.errors import DomainError
-from domain.events import InboxEvent
-from domain.metrics import InboxMetrics
 from gql.auth import authenticate
-from gql.context import Context
+from gql.context import ContextFactory
 from gql.errors import request_error_code
 
 log = logging.getLogger("wa_inbox.http")
@@ -125,20 +122,14 @@ class GraphQLEndpoint:
         self,
         schema: strawberry.Schema,
         *,
-        sessions: Sessions,
+        contexts: ContextFactory,
         auth_secret: str,
-        default_region: str,
-        metrics: InboxMetrics,
         max_body_bytes: int,
-        publish: Callable[[InboxEvent | None], None],
     ) -> None:
         self.schema = schema
-        self.sessions = sessions
+        self.contexts = contexts
         self.auth_secret = auth_secret
-        self.default_region = default_region
-        self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.publish = publish
         self.ide_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,14 +204,7 @@ class GraphQLEndpoint:
         if isinstance(coerced, list):
             raise RequestInvalid([_formatted(error) for error in coerced])
 
-        context = Context(
-            request_id=request_id,
-            principal=principal,
-            sessions=self.sessions,
-            default_region=self.default_region,
-            metrics=self.metrics,
-            publish=self.publish,
-        )
+        context = self.contexts(principal, request_id)
         try:
             result = await self.schema.execute(
                 parameters.query,

@@ -29,11 +29,8 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
-from db.unit_of_work import Sessions
 from domain.errors import DomainError
-from domain.metrics import InboxMetrics
 from gql.auth import Principal, authenticate
-from gql.context import Context
 from gql.fanout import LEGACY_WS, TRANSPORT_WS, FanOutHub, Outlet
 from gql.http import checked_document
 
@@ -64,10 +61,7 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         schema: strawberry.Schema,
         *,
         hub: FanOutHub,
-        sessions: Sessions,
         auth_secret: str,
-        default_region: str,
-        metrics: InboxMetrics,
         connection_init_timeout: timedelta = timedelta(seconds=10),
         max_subscriptions_per_connection: int = 100,
     ) -> None:
@@ -78,10 +72,7 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
             max_subscriptions_per_connection=max_subscriptions_per_connection,
         )
         self.hub = hub
-        self.sessions = sessions
         self.auth_secret = auth_secret
-        self.default_region = default_region
-        self.metrics = metrics
         self.graphql_transport_ws_handler_class = TransportWSHandler
         self.graphql_ws_handler_class = LegacyWSHandler
 
@@ -102,14 +93,7 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
     ) -> dict[str, Any]:
         """A query or mutation sent over the socket, in a request context of its own."""
         assert context.principal is not None
-        request_context = Context(
-            request_id=uuid.uuid4().hex,
-            principal=context.principal,
-            sessions=self.sessions,
-            default_region=self.default_region,
-            metrics=self.metrics,
-            publish=self.hub.publish,
-        )
+        request_context = self.hub.contexts(context.principal, uuid.uuid4().hex)
         try:
             result = await self.schema.execute(
                 query,
