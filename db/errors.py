@@ -32,8 +32,11 @@ def sqlstate_of(error: BaseException) -> str | None:
     return None
 
 
-def is_retryable(error: BaseException) -> bool:
-    """True for failures after which repeating the whole unit of work is safe and useful."""
+def is_retryable(error: BaseException, *, during_commit: bool = False) -> bool:
+    """True for failures after which repeating the whole unit of work is safe and useful.
+
+    A dropped connection is retryable before the commit starts, never during it.
+    """
     if sqlstate_of(error) in _RETRYABLE_SQLSTATES:
         return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    return not during_commit and isinstance(error, DBAPIError) and error.connection_invalidated

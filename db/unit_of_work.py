@@ -41,11 +41,17 @@ async def run_unit_of_work(
     transaction was rolled back as a whole, so running it again cannot apply anything twice.
     """
     for attempt in range(1, attempts + 1):
+        committing = False
         try:
             async with unit_of_work(sessions) as session:
-                return await work(session)
+                result = await work(session)
+                committing = True
+            return result
         except Exception as error:
-            if attempt == attempts or not is_retryable(error):
+            # A connection lost during COMMIT leaves the outcome unknown: the transaction may
+            # have committed, so repeating it could store twice. Only a serialization failure
+            # or a deadlock reported by the commit itself proves a rollback.
+            if attempt == attempts or not is_retryable(error, during_commit=committing):
                 raise
             log.warning(
                 "[WA-SESSION] unit of work failed (%s), retrying (attempt %d of %d)",

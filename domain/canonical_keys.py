@@ -1,6 +1,7 @@
 """Canonical keys: the one name each conversation has, so a customer's thread never splits."""
 
 from domain.errors import BadInput
+from domain.storable_text import is_storable
 
 MAX_LEAD_ID_LENGTH = 128
 
@@ -21,6 +22,10 @@ def normalize_lead_id(raw: str | None) -> str | None:
     lead_id = raw.strip()
     if not lead_id:
         return None
-    if len(lead_id) > MAX_LEAD_ID_LENGTH or any(ch.isspace() or ch == "\x00" for ch in lead_id):
+    if (
+        len(lead_id) > MAX_LEAD_ID_LENGTH
+        or not is_storable(lead_id)
+        or any(ch.isspace() for ch in lead_id)
+    ):
         raise BadInput(f"leadId must be at most {MAX_LEAD_ID_LENGTH} characters, without spaces")
     return lead_id

@@ -20,6 +20,7 @@ from domain.events import MessageStored
 from domain.metrics import InboxMetrics
 from domain.models import Direction, Message, MessageStatus, Source, Thread
 from domain.phones import normalize_phone
+from domain.storable_text import is_storable
 
 log = logging.getLogger("wa_inbox.messages")
 
@@ -81,16 +82,15 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
     if incoming.body is not None:
         if len(incoming.body) > MAX_BODY_LENGTH:
             raise BadInput(f"body must be at most {MAX_BODY_LENGTH} characters")
-        if "\x00" in incoming.body:
-            raise BadInput("body must not contain NUL characters")
+        if not is_storable(incoming.body):
+            raise BadInput("body must be UTF-8 text without NUL characters")
     provider_message_id = incoming.provider_message_id
     if provider_message_id is not None:
         provider_message_id = provider_message_id.strip()
         if not provider_message_id:
             raise BadInput("providerMessageId must not be empty; omit it instead")
-        if (
-            len(provider_message_id) > MAX_PROVIDER_MESSAGE_ID_LENGTH
-            or "\x00" in provider_message_id
+        if len(provider_message_id) > MAX_PROVIDER_MESSAGE_ID_LENGTH or not is_storable(
+            provider_message_id
         ):
             raise BadInput(
                 f"providerMessageId must be at most {MAX_PROVIDER_MESSAGE_ID_LENGTH} characters"

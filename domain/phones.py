@@ -3,6 +3,7 @@
 import phonenumbers
 
 from domain.errors import BadInput
+from domain.storable_text import is_storable
 
 _MAX_INPUT_LENGTH = 64
 
@@ -18,7 +19,7 @@ def normalize_phone(raw: str, default_region: str) -> str:
     delivers), and dropping a customer's message is worse than storing an unusual number.
     """
     text = raw.strip()
-    if not text or len(text) > _MAX_INPUT_LENGTH or "\x00" in text:
+    if not text or len(text) > _MAX_INPUT_LENGTH or not is_storable(text):
         raise BadInput(f"phone {raw!r} is not a phone number")
     possible: list[phonenumbers.PhoneNumber] = []
     for candidate, region in _readings(text, default_region):

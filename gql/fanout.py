@@ -58,6 +58,7 @@ LEGACY_WS = "graphql-ws"
 @dataclass(frozen=True)
 class FanOutLimits:
     outbox_frames: int = 256  # frames a connection may have waiting before newMessage lags
+    outbox_hard_limit: int = 1024  # frames of any kind: beyond, the client is not reading
     coalesced_threads: int = 1000  # distinct threads a badge subscriber may have waiting
     pending_events: int = 10_000  # published events waiting for the hub task
     keepalive_s: float = 15.0
@@ -108,6 +109,7 @@ class Outlet:
     """One websocket connection's outbox: frames are written in order, eagerly when possible."""
 
     __slots__ = (
+        "_closing_task",
         "_coalesced",
         "_drain_task",
         "_frames",
@@ -125,6 +127,7 @@ class Outlet:
         self._frames: deque[str] = deque()
         self._coalesced: dict[tuple[str, int], str] = {}
         self._drain_task: asyncio.Task[None] | None = None
+        self._closing_task: asyncio.Task[None] | None = None
 
     @property
     def backlog(self) -> int:
@@ -133,8 +136,19 @@ class Outlet:
     def push(self, frame: str) -> None:
         if self.closed:
             return
+        if len(self._frames) >= self.limits.outbox_hard_limit:
+            self._give_up()
+            return
         self._frames.append(frame)
         self._flush()
+
+    def _give_up(self) -> None:
+        """A client that sends but never reads would grow the outbox forever: close it."""
+        log.warning("[WA-LIVE] closing a websocket whose client stopped reading")
+        self._gone(OverflowError("outbox full"))
+        self._closing_task = asyncio.create_task(
+            self.websocket.close(code=1008, reason="client is not reading")
+        )
 
     def push_latest(self, key: tuple[str, int], frame: str) -> None:
         """Queue `frame`, replacing a not yet sent frame of the same key (latest wins)."""
@@ -435,8 +449,9 @@ class FanOutHub:
             origin, item = await self._pending.get()
             try:
                 if origin == "local":
-                    await self._deliver(item)
+                    # Forwarded first: a failed local delivery must not cost other instances.
                     self._queue_forward(item)
+                    await self._deliver(item)
                 elif origin == "remote":
                     await self._deliver(item)
                 else:
@@ -529,6 +544,8 @@ class FanOutHub:
             if sent % YIELD_EVERY_MEMBERS == 0:
                 # Let requests and other connections run between slices of a large fan-out.
                 await asyncio.sleep(0)
+            if member.audience is None:
+                continue  # it left while this fan-out was yielding
             frame = member.prefix + payload + "}"
             outlet = member.outlet
             if coalesce:

@@ -295,7 +295,7 @@ def _wants_html(request: Request) -> bool:
 def _decode_json(raw: str | bytes, what: str) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise RequestInvalid([_error(f"the {what} is not valid JSON", "BAD_REQUEST")]) from None
 
 

@@ -29,6 +29,8 @@ class Mutation:
         self, info: Info[Context, None], input: IngestMessageInput
     ) -> IngestMessageResult:
         context = info.context
+        # A request holds at most one connection at a time: earlier results' reads are done.
+        await context.reads.close()
         outcome = await ingest_message(
             context.sessions,
             context.business_id,
@@ -61,6 +63,8 @@ class Mutation:
         phone: str | None = UNSET,
     ) -> MarkReadResult:
         context = info.context
+        # A request holds at most one connection at a time: earlier results' reads are done.
+        await context.reads.close()
         outcome = await mark_thread_read(
             context.sessions,
             context.business_id,

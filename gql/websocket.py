@@ -12,6 +12,7 @@
 
 import asyncio
 import json
+import logging
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from gql.fanout import LEGACY_WS, TRANSPORT_WS, FanOutHub, Outlet
 from gql.http import checked_document
 
 CLOSE_FORBIDDEN = 4403
+
+log = logging.getLogger("wa_inbox.live")
 
 
 @dataclass
@@ -75,6 +78,13 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         self.auth_secret = auth_secret
         self.graphql_transport_ws_handler_class = TransportWSHandler
         self.graphql_ws_handler_class = LegacyWSHandler
+
+    def decode_json(self, data: str | bytes) -> object:
+        try:
+            return json.loads(data)
+        except RecursionError:
+            # Nesting deep enough to exhaust the stack is a malformed message, not a crash.
+            raise json.JSONDecodeError("nested too deeply", "", 0) from None
 
     async def get_context(self, request: Any, response: Any) -> SocketContext:
         return SocketContext(websocket=response)
@@ -117,12 +127,46 @@ def _is_subscription(schema: strawberry.Schema, query: str, operation_name: str 
     return operation is None or operation.operation is OperationType.SUBSCRIPTION
 
 
+def _well_formed(message: object, protocol: str) -> bool:
+    """Whether a client message has the shape its protocol gives it (before any handler)."""
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return False
+    kind = message["type"]
+    if kind in ("subscribe", "complete", "start", "stop"):
+        operation_id = message.get("id")
+        if not isinstance(operation_id, str) or not 0 < len(operation_id) <= 128:
+            return False
+    if kind in ("subscribe", "start"):
+        payload = message.get("payload")
+        return (
+            isinstance(payload, dict)
+            and isinstance(payload.get("query"), str)
+            and isinstance(payload.get("variables") or {}, dict)
+            and isinstance(payload.get("operationName") or "", str)
+        )
+    return True
+
+
+INTERNAL_ERROR = {
+    "message": "Internal server error",
+    "extensions": {"code": "INTERNAL_SERVER_ERROR"},
+}
+
+
 class _OutboxHandler:
-    """Gives a Strawberry protocol handler the connection's outbox, for every frame it sends."""
+    """Gives a Strawberry protocol handler the connection's outbox, for every frame it sends,
+    and refuses malformed messages before Strawberry's handlers see them."""
 
     protocol: str
     view: Any  # the InboxWebSocketView, typed by Strawberry's own handler classes
     context: SocketContext
+    websocket: Any
+
+    async def handle_message(self, message: Any) -> None:
+        if not _well_formed(message, self.protocol):
+            await self.websocket.close(code=4400, reason="Invalid message")
+            return
+        await super().handle_message(message)  # type: ignore[misc]
 
     async def handle(self) -> None:
         outlet = self.view.hub.open_outlet(self.context.websocket, self.protocol)
@@ -166,6 +210,11 @@ class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketCon
                 )
                 await self.send_message({"id": operation.id, "type": "next", "payload": body})
                 await self.send_message({"id": operation.id, "type": "complete"})
+        except Exception:
+            log.exception("[WA-LIVE] operation %s failed", operation.id)
+            await self.send_message(
+                {"id": operation.id, "type": "error", "payload": [INTERNAL_ERROR]}
+            )
         finally:
             # The client may already have reused this id for a new operation.
             if self.operations.get(operation.id) is operation:
@@ -246,6 +295,11 @@ class LegacyWSHandler(_OutboxHandler, BaseGraphQLWSHandler[SocketContext, None])
                 body = await self.view.execute_once(context, query, variables, operation_name)
                 await self.send_message({"type": "data", "id": operation_id, "payload": body})
                 await self.send_message({"type": "complete", "id": operation_id})
+        except Exception:
+            log.exception("[WA-LIVE] operation %s failed", operation_id)
+            await self.send_message(
+                {"type": "error", "id": operation_id, "payload": INTERNAL_ERROR}
+            )
         except asyncio.CancelledError:
             with suppress(Exception):
                 await self.send_message({"type": "complete", "id": operation_id})

@@ -847,3 +847,17 @@ async def test_browser_get_with_a_query_executes_it_instead_of_serving_graphiql(
         content_type=None,
     )
     assert_success(response, AJ, TYPENAME_DATA)
+
+
+async def test_json_nested_too_deeply_is_a_request_error_not_a_500(http: httpx.AsyncClient) -> None:
+    response = await http.post(
+        "/graphql",
+        content=b"[" * 100_000,
+        headers={
+            "Authorization": f"Bearer {token_for()}",
+            "Content-Type": "application/json",
+            "Accept": "application/graphql-response+json",
+        },
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"

@@ -417,3 +417,58 @@ async def test_an_operation_id_reused_right_after_complete_is_served_and_release
                 break
             await asyncio.sleep(0.05)
         assert app.state.hub.registered() == (0, 0, 0)
+
+
+async def test_a_client_that_never_reads_is_closed_before_its_outbox_grows(
+    settings: Settings,
+) -> None:
+    # The lag rule is set out of reach: only the hard bound on every frame can stop growth.
+    limits = FanOutLimits(outbox_frames=100_000, outbox_hard_limit=50)
+    async with (
+        app_with_limits(settings, limits) as app,
+        serving(app) as url,
+        stalled_socket(url) as socket,
+    ):
+        await socket.subscribe("m", NEW_MESSAGE)
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        async with http:
+            client = GraphQLClient(http)
+            for n in range(300):
+                await ingest(client, phone="+14155550165", body=f"{n} " + "z" * 60_000)
+                # Pings from the client queue pongs on the same stalled socket.
+                with contextlib.suppress(ConnectionClosed):
+                    await socket.send({"type": "ping"})
+                outlets = list(app.state.hub._outlets)
+                assert all(o.backlog <= 50 for o in outlets)
+                if all(o.closed for o in outlets):
+                    break
+        assert all(o.closed for o in app.state.hub._outlets)
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+@pytest.mark.parametrize(
+    "message",
+    [
+        [1],
+        {},
+        {"type": "subscribe", "id": {}, "payload": {"query": "{ unreadCount }"}},
+        {"type": "start", "id": "1", "payload": "x"},
+        {"type": "subscribe", "id": "1", "payload": {"query": 123}},
+        {"type": "start", "id": "1", "payload": {"query": "{ a }", "variables": "threadId"}},
+        {"type": "stop"},
+    ],
+    ids=["array", "no-type", "id-object", "payload-string", "query-number", "vars-string", "no-id"],
+)
+async def test_malformed_socket_messages_close_the_socket_with_4400(
+    app: Starlette, protocol: str, message: Any
+) -> None:
+    async with serving(app) as url, GraphQLSocket.open(url, protocol) as socket:
+        await socket.connection.send(json.dumps(message))
+        assert await closed_code(socket) == 4400
+    assert app.state.hub.registered() == (0, 0, 0)
+
+
+async def test_a_message_nested_too_deeply_is_refused_not_crashed_on(app: Starlette) -> None:
+    async with serving(app) as url, GraphQLSocket.open(url) as socket:
+        await socket.connection.send("[" * 100_000)
+        assert await closed_code(socket) == 4400

@@ -1,5 +1,6 @@
 """Phone normalization to E.164, and input rules that must reject a message before storing it."""
 
+import json
 from typing import Any
 
 import asyncpg
@@ -241,3 +242,19 @@ async def test_bad_message_fields_are_bad_input_and_store_nothing(
 async def test_the_longest_allowed_provider_message_id_is_stored(client: GraphQLClient) -> None:
     result = await ingest(client, phone="+14155552671", providerMessageId="w" * 128)
     assert result["message"]["providerMessageId"] == "w" * 128
+
+
+@pytest.mark.parametrize("field", ["body", "leadId", "providerMessageId"])
+async def test_a_lone_surrogate_is_bad_input_and_stores_nothing(
+    client: GraphQLClient, db: asyncpg.Connection, field: str
+) -> None:
+    message = {"phone": "+14155552671", "direction": "INBOUND", "source": "CUSTOMER"}
+    # JSON lets a client send a lone surrogate as an escape; it cannot be stored as UTF-8.
+    body = json.dumps({"query": INGEST, "variables": {"input": {**message, field: "a \ud800"}}})
+    response = await client.http.post(
+        "/graphql",
+        content=body.encode(),
+        headers={**client.headers, "Content-Type": "application/json"},
+    )
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert await db.fetchval("SELECT count(*) FROM whatsapp_message") == 0

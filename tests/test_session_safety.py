@@ -260,3 +260,24 @@ async def test_readyz_answers_503_while_the_database_is_unreachable(settings: Se
             assert ready.status_code == 503
             assert ready.json()["checks"]["database"]["status"] == "unreachable"
             assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_concurrent_multi_mutation_requests_never_wait_on_each_other_for_connections(
+    settings: Settings,
+) -> None:
+    app = create_app(dataclasses.replace(settings, database_pool_size=2))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            client = GraphQLClient(http)
+            first = await ingest(client, phone="+14155550140", body="x")
+            thread_id = first["thread"]["id"]
+            document = (
+                "mutation($id: ID!) { a: markRead(threadId: $id) { thread { unreadCount } } "
+                "b: markRead(threadId: $id) { thread { unreadCount } } }"
+            )
+            async with asyncio.timeout(5):
+                results = await asyncio.gather(
+                    *(client.execute(document, {"id": thread_id}) for _ in range(6))
+                )
+    assert all(r["b"]["thread"]["unreadCount"] == 0 for r in results)
