@@ -495,47 +495,52 @@ class FanOutHub:
         audiences = self._audiences.get(event.business_id)
         if not audiences:
             return
-        if isinstance(event, MessageStored):
-            wanted = [
-                a
-                for a in audiences.values()
-                if a.field_name == NEW_MESSAGE and a.thread_filter in (None, event.thread_id)
-            ]
-            if wanted:
-                loaded = await self._load_message(event)
-                if loaded is not None:
-                    for audience in wanted:
-                        await self._send(audience, loaded.message, loaded.thread)
-        if isinstance(event, MessageStored) and not event.changes_unread:
+        is_message = isinstance(event, MessageStored)
+        readers = [
+            a
+            for a in audiences.values()
+            if is_message
+            and a.field_name == NEW_MESSAGE
+            and a.thread_filter in (None, event.thread_id)
+        ]
+        changes_unread = not isinstance(event, MessageStored) or event.changes_unread
+        badges = [
+            a for a in audiences.values() if changes_unread and a.field_name == UNREAD_COUNT_CHANGED
+        ]
+        if not readers and not badges:
             return
-        badges = [a for a in audiences.values() if a.field_name == UNREAD_COUNT_CHANGED]
-        if badges:
-            # Read after the commit, so the latest event delivered carries the latest state.
-            snapshot = await self._current_counts(event.business_id, event.thread_id)
-            counts = UnreadCounts(
-                event.thread_id, snapshot.thread_unread[event.thread_id], snapshot.total_unread
-            )
+        # One short unit of work per event and instance, whatever the audience; counts are
+        # read after the commit, so the latest event delivered carries the latest state.
+        loaded, counts = await run_unit_of_work(
+            self.sessions,
+            lambda session: self._read_for_delivery(
+                session, event, message=bool(readers), counts=bool(badges)
+            ),
+        )
+        if loaded is not None:
+            for audience in readers:
+                await self._send(audience, loaded.message, loaded.thread)
+        if counts is not None:
             for audience in badges:
                 await self._send(audience, counts, None)
 
-    async def _current_counts(self, business_id: int, thread_id: int) -> read_state.UnreadSnapshot:
-        async def read(session: Any) -> read_state.UnreadSnapshot:
-            return read_state.UnreadSnapshot(
-                business_id,
-                await read_state.unread_counts(session, business_id, [thread_id]),
-                await read_state.total_unread(session, business_id),
-            )
-
-        return await run_unit_of_work(self.sessions, read)
-
-    async def _load_message(self, event: MessageStored) -> LoadedMessage | None:
-        async def load(session: Any) -> LoadedMessage | None:
-            message = await threads.find_message(session, event.business_id, event.message_id)
-            found = await threads.threads_by_ids(session, event.business_id, [event.thread_id])
-            thread = found.get(event.thread_id)
-            return LoadedMessage(message, thread) if message and thread else None
-
-        return await run_unit_of_work(self.sessions, load)
+    @staticmethod
+    async def _read_for_delivery(
+        session: Any, event: InboxEvent, *, message: bool, counts: bool
+    ) -> tuple[LoadedMessage | None, "UnreadCounts | None"]:
+        business_id, thread_id = event.business_id, event.thread_id
+        loaded = None
+        if message and isinstance(event, MessageStored):
+            stored = await threads.find_message(session, business_id, event.message_id)
+            found = await threads.threads_by_ids(session, business_id, [thread_id])
+            if stored is not None and thread_id in found:
+                loaded = LoadedMessage(stored, found[thread_id])
+        current = None
+        if counts:
+            unread = await read_state.unread_counts(session, business_id, [thread_id])
+            total = await read_state.total_unread(session, business_id)
+            current = UnreadCounts(thread_id, unread[thread_id], total)
+        return loaded, current
 
     async def _send(self, audience: Audience, root: Any, thread: Any) -> None:
         payload = await self._render(audience, root, thread)
