@@ -5,6 +5,7 @@ Every read is scoped by `business_id`.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,8 +14,11 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     RowMapping,
+    String,
     and_,
+    case,
     cast,
+    delete,
     func,
     literal,
     select,
@@ -27,12 +31,28 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.errors import NO_MATCHING_CONFLICT_TARGET, MissingConflictTarget, sqlstate_of
-from db.tables import CONFLICT_TARGETS, conversations, messages
+from db.errors import (
+    NO_MATCHING_CONFLICT_TARGET,
+    UNIQUE_VIOLATION,
+    KeyTaken,
+    MissingConflictTarget,
+    sqlstate_of,
+)
+from db.tables import (
+    CONFLICT_TARGETS,
+    channels,
+    conversation_aliases,
+    conversations,
+    messages,
+    pending_statuses,
+    webhook_rejections,
+)
 
 # Advisory-lock namespaces (first key of pg_advisory_xact_lock(int, int)) for the fallbacks.
 _CONVERSATION_LOCK_SPACE = 0x5741_0001
 _PROVIDER_ID_LOCK_SPACE = 0x5741_0002
+# ... and for writers of one customer identity (a `user:` key) while threads are linked.
+_IDENTITY_LOCK_SPACE = 0x5741_0003
 
 
 def counts_as_unread() -> ColumnElement[bool]:
@@ -53,12 +73,24 @@ def _raise_if_conflict_target_missing(error: DBAPIError, statement_name: str) ->
 # --- writes -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ContactDetails:
+    """What a message tells about its customer beyond the key: kept on the conversation."""
+
+    name: str | None = None
+    wa_user_id: str | None = None
+
+
+NO_CONTACT_DETAILS = ContactDetails()
+
+
 def _new_conversation(
     business_id: int,
     canonical_key: str,
     phone_e164: str | None,
     lead_id: str | None,
     message_at: datetime,
+    contact: ContactDetails,
 ) -> dict[str, Any]:
     """A conversation row as its first message creates it (that message takes seq 1)."""
     return {
@@ -70,6 +102,8 @@ def _new_conversation(
         "started_at": message_at,
         "last_message_at": message_at,
         "message_seq": 1,
+        "contact_name": contact.name,
+        "wa_user_id": contact.wa_user_id,
     }
 
 
@@ -82,6 +116,7 @@ async def upsert_conversation(
     lead_id: str | None,
     message_at: datetime,
     reopen: bool,
+    contact: ContactDetails = NO_CONTACT_DETAILS,
 ) -> RowMapping:
     """Create the conversation or touch it, in one statement; takes the next message seq.
 
@@ -90,7 +125,7 @@ async def upsert_conversation(
     """
     existing = conversations
     proposed = insert(conversations).values(
-        _new_conversation(business_id, canonical_key, phone_e164, lead_id, message_at)
+        _new_conversation(business_id, canonical_key, phone_e164, lead_id, message_at, contact)
     )
     statement = proposed.on_conflict_do_update(
         index_elements=[conversations.c.business_id, conversations.c.canonical_key],
@@ -101,6 +136,8 @@ async def upsert_conversation(
                 existing.c.last_message_at, proposed.excluded.last_message_at
             ),
             "phone_e164": func.coalesce(proposed.excluded.phone_e164, existing.c.phone_e164),
+            "contact_name": func.coalesce(proposed.excluded.contact_name, existing.c.contact_name),
+            "wa_user_id": func.coalesce(proposed.excluded.wa_user_id, existing.c.wa_user_id),
             "status": literal("open") if reopen else existing.c.status,
         },
     ).returning(*conversations.c)
@@ -121,6 +158,7 @@ async def upsert_conversation_serialized(
     lead_id: str | None,
     message_at: datetime,
     reopen: bool,
+    contact: ContactDetails = NO_CONTACT_DETAILS,
 ) -> RowMapping:
     """The same effect as `upsert_conversation` without relying on the unique constraint.
 
@@ -149,23 +187,51 @@ async def upsert_conversation_serialized(
     if found is None:
         created = await session.execute(
             insert(conversations)
-            .values(_new_conversation(business_id, canonical_key, phone_e164, lead_id, message_at))
+            .values(
+                _new_conversation(
+                    business_id, canonical_key, phone_e164, lead_id, message_at, contact
+                )
+            )
             .returning(*conversations.c)
         )
         return created.mappings().one()
+    touched = await touch_conversation(
+        session,
+        found,
+        phone_e164=phone_e164,
+        message_at=message_at,
+        reopen=reopen,
+        contact=contact,
+    )
+    assert touched is not None  # locked above
+    return touched
+
+
+async def touch_conversation(
+    session: AsyncSession,
+    conversation_id: int,
+    *,
+    phone_e164: str | None,
+    message_at: datetime,
+    reopen: bool,
+    contact: ContactDetails = NO_CONTACT_DETAILS,
+) -> RowMapping | None:
+    """What `upsert_conversation` does to an existing conversation, found by id."""
     touched = await session.execute(
         update(conversations)
-        .where(conversations.c.id == found)
+        .where(conversations.c.id == conversation_id)
         .values(
             message_seq=conversations.c.message_seq + 1,
             started_at=func.least(conversations.c.started_at, message_at),
             last_message_at=func.greatest(conversations.c.last_message_at, message_at),
             phone_e164=func.coalesce(phone_e164, conversations.c.phone_e164),
+            contact_name=func.coalesce(contact.name, conversations.c.contact_name),
+            wa_user_id=func.coalesce(contact.wa_user_id, conversations.c.wa_user_id),
             status="open" if reopen else conversations.c.status,
         )
         .returning(*conversations.c)
     )
-    return touched.mappings().one()
+    return touched.mappings().one_or_none()
 
 
 def _message_values(**values: Any) -> dict[str, Any]:
@@ -232,6 +298,355 @@ async def mark_conversation_read(
         .returning(*conversations.c)
     )
     return result.mappings().one_or_none()
+
+
+# --- customer identities: one thread per person, however WhatsApp names them -----------------
+
+
+async def lock_identity(session: AsyncSession, business_id: int, key: str) -> None:
+    """Queue behind every other writer of this identity until the transaction ends."""
+    await session.execute(
+        select(
+            func.pg_advisory_xact_lock(_IDENTITY_LOCK_SPACE, func.hashtext(f"{business_id}:{key}"))
+        )
+    )
+
+
+async def find_alias(session: AsyncSession, business_id: int, alias_key: str) -> int | None:
+    """The conversation an alias names, if any."""
+    result = await session.execute(
+        select(conversation_aliases.c.conversation_id).where(
+            conversation_aliases.c.business_id == business_id,
+            conversation_aliases.c.alias_key == alias_key,
+        )
+    )
+    return result.scalar_one_or_none()
+
+
+async def save_alias(
+    session: AsyncSession, business_id: int, alias_key: str, conversation_id: int
+) -> None:
+    """Point `alias_key` at the conversation (moving it if it named another one)."""
+    proposed = insert(conversation_aliases).values(
+        business_id=business_id, alias_key=alias_key, conversation_id=conversation_id
+    )
+    await session.execute(
+        proposed.on_conflict_do_update(
+            index_elements=[conversation_aliases.c.business_id, conversation_aliases.c.alias_key],
+            set_={"conversation_id": proposed.excluded.conversation_id},
+        )
+    )
+
+
+async def lock_conversation(
+    session: AsyncSession, business_id: int, canonical_key: str
+) -> RowMapping | None:
+    """The conversation with this canonical key, row-locked until the transaction ends."""
+    result = await session.execute(
+        select(conversations)
+        .where(
+            conversations.c.business_id == business_id,
+            conversations.c.canonical_key == canonical_key,
+        )
+        .with_for_update()
+    )
+    return result.mappings().one_or_none()
+
+
+async def rekey_conversation(
+    session: AsyncSession, conversation_id: int, canonical_key: str, phone_e164: str
+) -> None:
+    """Give a conversation known only by user id its phone key, now that the phone is known.
+
+    Raises KeyTaken when a concurrent writer created a thread under that phone key first; the
+    caller repeats its unit of work, which then finds that thread and merges into it.
+    """
+    try:
+        await session.execute(
+            update(conversations)
+            .where(conversations.c.id == conversation_id)
+            .values(canonical_key=canonical_key, phone_e164=phone_e164)
+        )
+    except DBAPIError as error:
+        if sqlstate_of(error) == UNIQUE_VIOLATION:
+            raise KeyTaken(canonical_key) from error
+        raise
+
+
+_MERGE_MESSAGES = text(
+    """
+    WITH combined AS (
+        SELECT m.id, m.seq <= c.read_seq AS was_read, m.sent_at
+        FROM whatsapp_message m
+        JOIN whatsapp_conversation c ON c.id = m.conversation_id
+        WHERE m.conversation_id IN (:survivor_id, :absorbed_id)
+    ), renumbered AS (
+        SELECT id, was_read,
+               row_number() OVER (ORDER BY was_read DESC, sent_at, id) AS new_seq
+        FROM combined
+    ), moved AS (
+        UPDATE whatsapp_message m
+        SET conversation_id = :survivor_id, seq = r.new_seq
+        FROM renumbered r
+        WHERE m.id = r.id
+        RETURNING r.was_read
+    )
+    SELECT count(*) AS message_count, count(*) FILTER (WHERE was_read) AS read_count FROM moved
+    """
+)
+
+
+async def merge_conversations(
+    session: AsyncSession, business_id: int, survivor_id: int, absorbed_id: int
+) -> RowMapping:
+    """Move every message and alias of `absorbed_id` into `survivor_id`, then drop it.
+
+    Both rows are locked in id order first. Messages are renumbered so that everything either
+    thread had read comes first: the merged read point then covers exactly the messages that
+    were read before, and each thread's unread messages stay unread.
+    """
+    locked = await session.execute(
+        select(conversations)
+        .where(
+            conversations.c.business_id == business_id,
+            conversations.c.id.in_([survivor_id, absorbed_id]),
+        )
+        .order_by(conversations.c.id)
+        .with_for_update()
+    )
+    rows = {row["id"]: row for row in locked.mappings()}
+    survivor, absorbed = rows[survivor_id], rows[absorbed_id]
+    counted = (
+        await session.execute(
+            _MERGE_MESSAGES, {"survivor_id": survivor_id, "absorbed_id": absorbed_id}
+        )
+    ).one()
+    await session.execute(
+        update(conversation_aliases)
+        .where(conversation_aliases.c.conversation_id == absorbed_id)
+        .values(conversation_id=survivor_id)
+    )
+    await session.execute(delete(conversations).where(conversations.c.id == absorbed_id))
+    await save_alias(session, business_id, absorbed["canonical_key"], survivor_id)
+    merged = await session.execute(
+        update(conversations)
+        .where(conversations.c.id == survivor_id)
+        .values(
+            message_seq=counted.message_count,
+            read_seq=counted.read_count,
+            started_at=min(survivor["started_at"], absorbed["started_at"]),
+            last_message_at=max(survivor["last_message_at"], absorbed["last_message_at"]),
+            last_read_at=max(
+                (at for at in (survivor["last_read_at"], absorbed["last_read_at"]) if at),
+                default=None,
+            ),
+            phone_e164=survivor["phone_e164"] or absorbed["phone_e164"],
+            contact_name=survivor["contact_name"] or absorbed["contact_name"],
+            wa_user_id=survivor["wa_user_id"] or absorbed["wa_user_id"],
+            status="open" if "open" in (survivor["status"], absorbed["status"]) else "closed",
+        )
+        .returning(*conversations.c)
+    )
+    return merged.mappings().one()
+
+
+# --- outbound delivery statuses ---------------------------------------------------------------
+
+
+def _status_rank(status: ColumnElement[Any]) -> ColumnElement[int]:
+    """Delivery progress as a number: a status only replaces a lower one; failed is final."""
+    return case(
+        {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4},
+        value=status,
+        else_=99,
+    )
+
+
+async def lock_provider_id(
+    session: AsyncSession, business_id: int, provider_message_id: str
+) -> None:
+    """Queue behind every other writer of this provider message id until the transaction ends.
+
+    Taken by status updates and by outbound messages with a provider id, so a status that
+    arrives while its message is being stored is either applied or kept pending, never lost.
+    """
+    await session.execute(
+        select(
+            func.pg_advisory_xact_lock(
+                _PROVIDER_ID_LOCK_SPACE, func.hashtext(f"{business_id}:{provider_message_id}")
+            )
+        )
+    )
+
+
+async def advance_message_status(
+    session: AsyncSession,
+    business_id: int,
+    provider_message_id: str,
+    *,
+    status: str,
+    status_at: datetime,
+    error_code: int | None,
+    error_title: str | None,
+) -> RowMapping | None:
+    """Move an outbound message's status forward; None when it is not stored or already ahead."""
+    proposed = cast(literal(status), String)
+    result = await session.execute(
+        update(messages)
+        .where(
+            messages.c.business_id == business_id,
+            messages.c.provider_message_id == provider_message_id,
+            messages.c.direction == "out",
+            _status_rank(messages.c.status) < _status_rank(proposed),
+        )
+        .values(status=status, status_at=status_at, error_code=error_code, error_title=error_title)
+        .returning(*messages.c)
+    )
+    return result.mappings().one_or_none()
+
+
+async def keep_pending_status(
+    session: AsyncSession,
+    business_id: int,
+    provider_message_id: str,
+    *,
+    status: str,
+    status_at: datetime,
+    error_code: int | None,
+    error_title: str | None,
+) -> None:
+    """Keep a status for a message not stored yet; of several, the most advanced one wins."""
+    proposed = insert(pending_statuses).values(
+        business_id=business_id,
+        provider_message_id=provider_message_id,
+        status=status,
+        status_at=status_at,
+        error_code=error_code,
+        error_title=error_title,
+    )
+    await session.execute(
+        proposed.on_conflict_do_update(
+            index_elements=[pending_statuses.c.business_id, pending_statuses.c.provider_message_id],
+            set_={
+                "status": proposed.excluded.status,
+                "status_at": proposed.excluded.status_at,
+                "error_code": proposed.excluded.error_code,
+                "error_title": proposed.excluded.error_title,
+            },
+            where=_status_rank(pending_statuses.c.status) < _status_rank(proposed.excluded.status),
+        )
+    )
+
+
+async def take_pending_status(
+    session: AsyncSession, business_id: int, provider_message_id: str
+) -> RowMapping | None:
+    """Remove and return the status kept for a message that is being stored now."""
+    result = await session.execute(
+        delete(pending_statuses)
+        .where(
+            pending_statuses.c.business_id == business_id,
+            pending_statuses.c.provider_message_id == provider_message_id,
+        )
+        .returning(*pending_statuses.c)
+    )
+    return result.mappings().one_or_none()
+
+
+# --- channels and webhook bookkeeping ---------------------------------------------------------
+
+
+async def connect_channel(
+    session: AsyncSession,
+    business_id: int,
+    phone_number_id: str,
+    display_phone_number: str | None,
+) -> RowMapping | None:
+    """Connect a WhatsApp number to the business; None when another business has it."""
+    proposed = insert(channels).values(
+        business_id=business_id,
+        phone_number_id=phone_number_id,
+        display_phone_number=display_phone_number,
+    )
+    try:
+        result = await session.execute(
+            proposed.on_conflict_do_update(
+                index_elements=[channels.c.phone_number_id],
+                set_={
+                    "display_phone_number": func.coalesce(
+                        proposed.excluded.display_phone_number, channels.c.display_phone_number
+                    )
+                },
+                where=channels.c.business_id == proposed.excluded.business_id,
+            ).returning(*channels.c)
+        )
+    except DBAPIError as error:
+        _raise_if_conflict_target_missing(error, "channel upsert")
+        raise
+    return result.mappings().one_or_none()
+
+
+async def disconnect_channel(
+    session: AsyncSession, business_id: int, phone_number_id: str
+) -> RowMapping | None:
+    result = await session.execute(
+        delete(channels)
+        .where(channels.c.business_id == business_id, channels.c.phone_number_id == phone_number_id)
+        .returning(*channels.c)
+    )
+    return result.mappings().one_or_none()
+
+
+async def business_channels(session: AsyncSession, business_id: int) -> list[RowMapping]:
+    result = await session.execute(
+        select(channels).where(channels.c.business_id == business_id).order_by(channels.c.id)
+    )
+    return list(result.mappings())
+
+
+async def businesses_of_phone_number_ids(
+    session: AsyncSession, phone_number_ids: Sequence[str]
+) -> dict[str, int]:
+    """The business that owns each connected phone number id (unknown ids are absent)."""
+    result = await session.execute(
+        select(channels.c.phone_number_id, channels.c.business_id).where(
+            channels.c.phone_number_id.in_(phone_number_ids)
+        )
+    )
+    return {phone_number_id: business_id for phone_number_id, business_id in result.all()}
+
+
+async def stored_provider_ids(
+    session: AsyncSession, business_id: int, provider_message_ids: Sequence[str]
+) -> set[str]:
+    """Which of these provider message ids the business has stored already."""
+    result = await session.execute(
+        select(messages.c.provider_message_id).where(
+            messages.c.business_id == business_id,
+            messages.c.provider_message_id.in_(provider_message_ids),
+        )
+    )
+    return {provider_message_id for (provider_message_id,) in result.all()}
+
+
+async def record_webhook_rejection(
+    session: AsyncSession,
+    *,
+    business_id: int | None,
+    phone_number_id: str | None,
+    provider_message_id: str | None,
+    reason: str,
+    fragment: Any,
+) -> None:
+    await session.execute(
+        insert(webhook_rejections).values(
+            business_id=business_id,
+            phone_number_id=phone_number_id,
+            provider_message_id=provider_message_id,
+            reason=reason,
+            fragment=fragment,
+        )
+    )
 
 
 # --- reads --------------------------------------------------------------------------------

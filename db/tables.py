@@ -9,18 +9,22 @@ from sqlalchemy import (
     ForeignKey,
     Identity,
     Index,
+    Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     UniqueConstraint,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
 CONVERSATION_KEY_CONSTRAINT = "uq_wa_conv_business_canonical"
 MESSAGE_PROVIDER_ID_CONSTRAINT = "uq_wa_msg_business_provider_id"
+CHANNEL_PHONE_NUMBER_ID_CONSTRAINT = "uq_wa_channel_phone_number_id"
 
 conversations = Table(
     "whatsapp_conversation",
@@ -41,6 +45,9 @@ conversations = Table(
     # race a markRead (timestamps taken in two transactions cannot promise that).
     Column("message_seq", BigInteger, nullable=False, server_default="0"),
     Column("read_seq", BigInteger, nullable=False, server_default="0"),
+    Column("contact_name", Text),
+    # WhatsApp's business-scoped user id (BSUID) of the customer, once a webhook carried it.
+    Column("wa_user_id", String(128)),
     UniqueConstraint("business_id", "canonical_key", name=CONVERSATION_KEY_CONSTRAINT),
     CheckConstraint("status IN ('open', 'closed')", name="ck_wa_conv_status"),
     CheckConstraint("read_seq <= message_seq", name="ck_wa_conv_read_seq"),
@@ -70,6 +77,13 @@ messages = Table(
     Column("sent_at", DateTime(timezone=True), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("historical", Boolean, nullable=False, server_default="false"),
+    Column("message_type", String(32), nullable=False, server_default="text"),
+    Column("media_id", String(128)),
+    # The provider's own JSON of the message, so types we do not model yet lose nothing.
+    Column("provider_payload", JSONB),
+    Column("error_code", Integer),
+    Column("error_title", Text),
+    Column("status_at", DateTime(timezone=True)),
     UniqueConstraint("business_id", "provider_message_id", name=MESSAGE_PROVIDER_ID_CONSTRAINT),
     CheckConstraint("direction IN ('in', 'out')", name="ck_wa_msg_direction"),
     CheckConstraint(
@@ -93,17 +107,85 @@ messages = Table(
     ),
 )
 
+# Other names of a conversation: a customer known by phone and by WhatsApp user id has one
+# thread, keyed by the phone; its `user:` key lives here.
+conversation_aliases = Table(
+    "whatsapp_conversation_alias",
+    metadata,
+    Column("business_id", BigInteger, nullable=False),
+    Column("alias_key", Text, nullable=False),
+    Column(
+        "conversation_id",
+        BigInteger,
+        ForeignKey("whatsapp_conversation.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    PrimaryKeyConstraint("business_id", "alias_key", name="pk_wa_conv_alias"),
+    Index("ix_wa_conv_alias_conversation", "conversation_id"),
+)
+
+channels = Table(
+    "whatsapp_channel",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("business_id", BigInteger, nullable=False),
+    Column("phone_number_id", String(64), nullable=False),
+    Column("display_phone_number", String(32)),
+    Column("connected_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    UniqueConstraint("phone_number_id", name=CHANNEL_PHONE_NUMBER_ID_CONSTRAINT),
+    Index("ix_wa_channel_business", "business_id"),
+)
+
+# Statuses that arrived before the outbound message they describe; applied when it is stored.
+pending_statuses = Table(
+    "whatsapp_pending_status",
+    metadata,
+    Column("business_id", BigInteger, nullable=False),
+    Column("provider_message_id", String(128), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("status_at", DateTime(timezone=True), nullable=False),
+    Column("error_code", Integer),
+    Column("error_title", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("business_id", "provider_message_id", name="pk_wa_pending_status"),
+    CheckConstraint(
+        "status IN ('sent', 'delivered', 'read', 'failed')", name="ck_wa_pending_status"
+    ),
+)
+
+# Parts of webhook deliveries that could not be stored, with the reason, for operators.
+webhook_rejections = Table(
+    "whatsapp_webhook_rejection",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("business_id", BigInteger),
+    Column("phone_number_id", String(64)),
+    Column("provider_message_id", String(128)),
+    Column("reason", Text, nullable=False),
+    Column("fragment", JSONB),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("ix_wa_webhook_rejection_business", "business_id", "received_at"),
+)
+
 # Unique constraints that `INSERT ... ON CONFLICT` statements rely on, by table and columns.
 CONFLICT_TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (CONVERSATION_KEY_CONSTRAINT, "whatsapp_conversation", ("business_id", "canonical_key")),
     (MESSAGE_PROVIDER_ID_CONSTRAINT, "whatsapp_message", ("business_id", "provider_message_id")),
+    (CHANNEL_PHONE_NUMBER_ID_CONSTRAINT, "whatsapp_channel", ("phone_number_id",)),
+    ("pk_wa_conv_alias", "whatsapp_conversation_alias", ("business_id", "alias_key")),
+    ("pk_wa_pending_status", "whatsapp_pending_status", ("business_id", "provider_message_id")),
 )
 
 __all__ = [
+    "CHANNEL_PHONE_NUMBER_ID_CONSTRAINT",
     "CONFLICT_TARGETS",
     "CONVERSATION_KEY_CONSTRAINT",
     "MESSAGE_PROVIDER_ID_CONSTRAINT",
+    "channels",
+    "conversation_aliases",
     "conversations",
     "messages",
     "metadata",
+    "pending_statuses",
+    "webhook_rejections",
 ]

@@ -15,6 +15,11 @@ def canonical_key(business_id: int, *, lead_id: str | None, phone_e164: str | No
     raise BadInput("a conversation needs a phone or a lead id")
 
 
+def user_key(business_id: int, wa_user_id: str) -> str:
+    """`user:{business_id}:{user_id}`: a customer WhatsApp names only by business-scoped user id."""
+    return f"user:{business_id}:{wa_user_id}"
+
+
 def normalize_lead_id(raw: str | None) -> str | None:
     """The lead id as keys store it (trimmed), None when absent; BadInput when unusable."""
     if raw is None:

@@ -21,6 +21,12 @@ class NotFound(DomainError):
     code = "NOT_FOUND"
 
 
+class Conflict(DomainError):
+    """The request contradicts what is stored (something already belongs elsewhere)."""
+
+    code = "CONFLICT"
+
+
 class Unauthenticated(DomainError):
     code = "UNAUTHENTICATED"
 

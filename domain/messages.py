@@ -3,18 +3,24 @@
 One ingest is one unit of work. The conversation is created or touched by one
 `INSERT ... ON CONFLICT DO UPDATE`, the message by `INSERT ... ON CONFLICT DO NOTHING`; the
 database settles every race between concurrent deliveries.
+
+A customer WhatsApp also names by a business-scoped user id (BSUID) has one thread: keyed
+`phone:` once the phone is known, `user:` until then, and the `user:` key is an alias of the
+phone thread from the first message that carries both (a `user:` thread is merged into it).
 """
 
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
 from db.errors import MissingConflictTarget
 from db.unit_of_work import Sessions, run_unit_of_work
-from domain.canonical_keys import canonical_key, normalize_lead_id
+from domain.canonical_keys import canonical_key, normalize_lead_id, user_key
 from domain.errors import BadInput
 from domain.events import MessageStored
 from domain.metrics import InboxMetrics
@@ -26,13 +32,20 @@ log = logging.getLogger("wa_inbox.messages")
 
 MAX_BODY_LENGTH = 65_536
 MAX_PROVIDER_MESSAGE_ID_LENGTH = 128
+MAX_MESSAGE_TYPE_LENGTH = 32
+MAX_CONTACT_NAME_LENGTH = 256
+MAX_MEDIA_ID_LENGTH = 128
 
 
 @dataclass(frozen=True)
 class IncomingMessage:
-    """A message as a caller hands it in, before any rule is applied."""
+    """A message as a caller hands it in, before any rule is applied.
 
-    phone: str
+    `phone` may be absent only when `wa_user_id` (WhatsApp's business-scoped user id) names the
+    customer instead.
+    """
+
+    phone: str | None
     direction: Direction
     source: Source
     lead_id: str | None = None
@@ -40,6 +53,11 @@ class IncomingMessage:
     provider_message_id: str | None = None
     sent_at: datetime | None = None
     historical: bool = False
+    wa_user_id: str | None = None
+    contact_name: str | None = None
+    message_type: str = "text"
+    media_id: str | None = None
+    provider_payload: Any = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +72,7 @@ class IngestOutcome:
 class _CheckedMessage:
     business_id: int
     canonical_key: str
-    phone_e164: str
+    phone_e164: str | None
     lead_id: str | None
     direction: Direction
     source: Source
@@ -63,6 +81,11 @@ class _CheckedMessage:
     provider_message_id: str | None
     sent_at: datetime
     historical: bool
+    user_key: str | None
+    contact: statements.ContactDetails
+    message_type: str
+    media_id: str | None
+    provider_payload: Any
 
 
 class _ProviderIdTaken(Exception):
@@ -77,8 +100,14 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
             f"source {incoming.source.name} does not fit direction {incoming.direction.name}: "
             "customer messages are INBOUND; bot, automation and human messages are OUTBOUND"
         )
-    phone_e164 = normalize_phone(incoming.phone, default_region)
+    if incoming.phone is None and incoming.wa_user_id is None:
+        raise BadInput("a message needs the customer's phone")
+    phone_e164 = None if incoming.phone is None else normalize_phone(incoming.phone, default_region)
+    wa_user_id = _checked_text(incoming.wa_user_id, "userId", MAX_PROVIDER_MESSAGE_ID_LENGTH)
     lead_id = normalize_lead_id(incoming.lead_id)
+    message_type = _checked_text(incoming.message_type, "type", MAX_MESSAGE_TYPE_LENGTH)
+    if message_type is None:
+        raise BadInput("a message needs a type")
     if incoming.body is not None:
         if len(incoming.body) > MAX_BODY_LENGTH:
             raise BadInput(f"body must be at most {MAX_BODY_LENGTH} characters")
@@ -102,9 +131,12 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
         status = MessageStatus.RECEIVED
     else:
         status = MessageStatus.SENT if provider_message_id else MessageStatus.PENDING
+    keyed_by_user = lead_id is None and phone_e164 is None
     return _CheckedMessage(
         business_id=business_id,
-        canonical_key=canonical_key(business_id, lead_id=lead_id, phone_e164=phone_e164),
+        canonical_key=user_key(business_id, wa_user_id)
+        if keyed_by_user and wa_user_id is not None
+        else canonical_key(business_id, lead_id=lead_id, phone_e164=phone_e164),
         phone_e164=phone_e164,
         lead_id=lead_id,
         direction=incoming.direction,
@@ -114,7 +146,30 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
         provider_message_id=provider_message_id,
         sent_at=sent_at,
         historical=incoming.historical,
+        # Leads are threaded by lead id alone; a user id links phone and user threads.
+        user_key=None
+        if wa_user_id is None or lead_id is not None
+        else user_key(business_id, wa_user_id),
+        contact=statements.ContactDetails(
+            name=_checked_text(incoming.contact_name, "contact name", MAX_CONTACT_NAME_LENGTH),
+            wa_user_id=wa_user_id,
+        ),
+        message_type=message_type,
+        media_id=_checked_text(incoming.media_id, "media id", MAX_MEDIA_ID_LENGTH),
+        provider_payload=incoming.provider_payload,
     )
+
+
+def _checked_text(raw: str | None, name: str, max_length: int) -> str | None:
+    """A short identifier or label, trimmed; None when absent or blank."""
+    if raw is None:
+        return None
+    value = raw.strip()
+    if not value:
+        return None
+    if len(value) > max_length or not is_storable(value):
+        raise BadInput(f"{name} must be at most {max_length} characters of UTF-8 text")
+    return value
 
 
 async def ingest_message(
@@ -208,18 +263,11 @@ async def _store(
     if duplicate is not None:
         return duplicate
 
-    upsert = (
-        statements.upsert_conversation_serialized if serialized else statements.upsert_conversation
-    )
-    conversation = await upsert(
-        session,
-        business_id=message.business_id,
-        canonical_key=message.canonical_key,
-        phone_e164=message.phone_e164,
-        lead_id=message.lead_id,
-        message_at=message.sent_at,
-        reopen=message.direction is Direction.INBOUND and not message.historical,
-    )
+    tracks_status = message.direction is Direction.OUTBOUND and message.provider_message_id
+    if tracks_status:
+        assert message.provider_message_id is not None
+        await statements.lock_provider_id(session, message.business_id, message.provider_message_id)
+    conversation = await _thread_for(session, message, serialized=serialized)
     insert = statements.insert_message_serialized if serialized else statements.insert_message
     row = await insert(
         session,
@@ -233,7 +281,12 @@ async def _store(
         body=message.body,
         sent_at=message.sent_at,
         historical=message.historical,
+        message_type=message.message_type,
+        media_id=message.media_id,
+        provider_payload=message.provider_payload,
     )
+    if row is not None and tracks_status:
+        row = await _apply_pending_status(session, row)
     if row is None:
         raise _ProviderIdTaken
     stored = Message.from_row(row)
@@ -244,3 +297,102 @@ async def _store(
         changes_unread=stored.direction is Direction.INBOUND and not stored.historical,
     )
     return IngestOutcome(stored, Thread.from_row(conversation), duplicate=False, event=event)
+
+
+async def _thread_for(
+    session: AsyncSession, message: _CheckedMessage, *, serialized: bool
+) -> RowMapping:
+    """The customer's conversation, created or touched, with the new message's seq taken."""
+    upsert = (
+        statements.upsert_conversation_serialized if serialized else statements.upsert_conversation
+    )
+
+    async def touch(key: str, phone_e164: str | None) -> RowMapping:
+        return await upsert(
+            session,
+            business_id=message.business_id,
+            canonical_key=key,
+            phone_e164=phone_e164,
+            lead_id=message.lead_id,
+            message_at=message.sent_at,
+            reopen=message.direction is Direction.INBOUND and not message.historical,
+            contact=message.contact,
+        )
+
+    if message.user_key is None:
+        return await touch(message.canonical_key, message.phone_e164)
+
+    # Every writer of one user id queues here, so linking its threads cannot race.
+    await statements.lock_identity(session, message.business_id, message.user_key)
+    aliased_id = await statements.find_alias(session, message.business_id, message.user_key)
+    if message.phone_e164 is None:
+        if aliased_id is not None:
+            touched = await statements.touch_conversation(
+                session,
+                aliased_id,
+                phone_e164=None,
+                message_at=message.sent_at,
+                reopen=message.direction is Direction.INBOUND and not message.historical,
+                contact=message.contact,
+            )
+            if touched is not None:
+                return touched
+        return await touch(message.user_key, None)
+
+    others: set[int] = set()
+    if aliased_id is not None:
+        others.add(aliased_id)
+    else:
+        user_thread = await statements.lock_conversation(
+            session, message.business_id, message.user_key
+        )
+        if user_thread is not None:
+            others.add(user_thread["id"])
+    thread = await touch(message.canonical_key, message.phone_e164)
+    others.discard(thread["id"])
+    for absorbed_id in sorted(others):
+        await statements.merge_conversations(
+            session, message.business_id, thread["id"], absorbed_id
+        )
+        log.warning(
+            "[WA-SESSION] merged thread_id=%s into thread_id=%s for business_id=%s: "
+            "%s and %s are one customer",
+            absorbed_id,
+            thread["id"],
+            message.business_id,
+            message.user_key,
+            message.canonical_key,
+        )
+    if others:
+        # The merge renumbered the thread's messages; take the new message's seq again.
+        retouched = await statements.touch_conversation(
+            session,
+            thread["id"],
+            phone_e164=message.phone_e164,
+            message_at=message.sent_at,
+            reopen=False,
+        )
+        assert retouched is not None  # locked by this transaction
+        thread = retouched
+    if aliased_id != thread["id"]:
+        await statements.save_alias(session, message.business_id, message.user_key, thread["id"])
+    return thread
+
+
+async def _apply_pending_status(session: AsyncSession, row: RowMapping) -> RowMapping:
+    """A status that arrived before its outbound message is applied as the message is stored."""
+    pending = await statements.take_pending_status(
+        session, row["business_id"], row["provider_message_id"]
+    )
+    if pending is None:
+        return row
+    advanced = await statements.advance_message_status(
+        session,
+        row["business_id"],
+        row["provider_message_id"],
+        status=pending["status"],
+        status_at=pending["status_at"],
+        error_code=pending["error_code"],
+        error_title=pending["error_title"],
+    )
+    return advanced if advanced is not None else row

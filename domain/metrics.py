@@ -16,6 +16,12 @@ class InboxMetrics:
     live_subscribers_lagged: int = 0
     pubsub_publish_failures: int = 0
     pubsub_reconnects: int = 0
+    webhook_deliveries: int = 0
+    webhook_signature_failures: int = 0
+    webhook_malformed_deliveries: int = 0
+    webhook_unknown_numbers: int = 0
+    webhook_rejected_parts: int = 0
+    webhook_storage_failures: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {field.name: getattr(self, field.name) for field in fields(self)}

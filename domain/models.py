@@ -29,6 +29,17 @@ class MessageStatus(Enum):
     DELETED = "deleted"
 
 
+# Outbound delivery progress: a status only ever replaces one of lower rank, whatever order the
+# webhooks arrive in. A failure is final.
+STATUS_RANK: dict[MessageStatus, int] = {
+    MessageStatus.PENDING: 0,
+    MessageStatus.SENT: 1,
+    MessageStatus.DELIVERED: 2,
+    MessageStatus.READ: 3,
+    MessageStatus.FAILED: 4,
+}
+
+
 class ThreadStatus(Enum):
     OPEN = "open"
     CLOSED = "closed"
@@ -45,6 +56,8 @@ class Thread:
     started_at: datetime
     last_message_at: datetime
     last_read_at: datetime | None
+    contact_name: str | None = None
+    wa_user_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Thread":
@@ -58,6 +71,8 @@ class Thread:
             started_at=row["started_at"],
             last_message_at=row["last_message_at"],
             last_read_at=row["last_read_at"],
+            contact_name=row["contact_name"],
+            wa_user_id=row["wa_user_id"],
         )
 
 
@@ -74,6 +89,11 @@ class Message:
     sent_at: datetime
     created_at: datetime
     historical: bool
+    message_type: str = "text"
+    media_id: str | None = None
+    provider_payload: Any = None
+    error_code: int | None = None
+    error_title: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Message":
@@ -89,4 +109,9 @@ class Message:
             sent_at=row["sent_at"],
             created_at=row["created_at"],
             historical=row["historical"],
+            message_type=row["message_type"],
+            media_id=row["media_id"],
+            provider_payload=row["provider_payload"],
+            error_code=row["error_code"],
+            error_title=row["error_title"],
         )

@@ -35,7 +35,21 @@ def normalize_phone(raw: str, default_region: str) -> str:
     if not possible:
         raise BadInput(f"phone {raw!r} is not a possible phone number")
     chosen = next((n for n in possible if phonenumbers.is_valid_number(n)), possible[0])
-    return phonenumbers.format_number(chosen, phonenumbers.PhoneNumberFormat.E164)
+    return _with_brazilian_ninth_digit(
+        phonenumbers.format_number(chosen, phonenumbers.PhoneNumberFormat.E164)
+    )
+
+
+def _with_brazilian_ninth_digit(e164: str) -> str:
+    """Brazilian mobiles in their one current spelling: a 9 before the 8-digit subscriber number.
+
+    Brazil put a 9 in front of every mobile number (2012-2016), yet WhatsApp still delivers many
+    `wa_id`s in the old 8-digit form ("551187654321" for "+5511987654321"). Old mobile numbers
+    began with 6-9 and landlines begin with 2-5, so the old form is unambiguous.
+    """
+    if len(e164) == 13 and e164.startswith("+55") and e164[5] in "6789":
+        return f"{e164[:5]}9{e164[5:]}"
+    return e164
 
 
 def _readings(text: str, default_region: str) -> list[tuple[str, str | None]]:

@@ -17,6 +17,7 @@ from gql.http import GraphQLEndpoint
 from gql.schema import build_schema
 from gql.settings import Settings
 from gql.websocket import InboxWebSocketView
+from gql.whatsapp_webhook import WhatsAppWebhook
 
 log = logging.getLogger("wa_inbox.app")
 
@@ -68,6 +69,20 @@ def create_app(settings: Settings) -> Starlette:
         hub=hub,
         auth_secret=auth_secret,
     )
+    whatsapp = WhatsAppWebhook(
+        sessions=sessions,
+        app_secret=settings.whatsapp_app_secret,
+        verify_token=settings.whatsapp_verify_token,
+        max_body_bytes=settings.webhook_max_body_bytes,
+        default_region=settings.default_region,
+        metrics=metrics,
+        publish=hub.publish,
+    )
+    if settings.whatsapp_app_secret is None:
+        log.warning(
+            "[WA-WEBHOOK] WHATSAPP_APP_SECRET is not set: /webhooks/whatsapp refuses deliveries "
+            "(503) until it is"
+        )
     health = HealthEndpoints(sessions, metrics, lambda: hub.pubsub_state)
 
     @asynccontextmanager
@@ -94,6 +109,8 @@ def create_app(settings: Settings) -> Starlette:
             # a GraphQL-shaped 405.
             Route("/graphql", graphql, methods=None),
             WebSocketRoute("/graphql", websockets),
+            Route("/webhooks/whatsapp", whatsapp.verify, methods=["GET"]),
+            Route("/webhooks/whatsapp", whatsapp.receive, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics_text, methods=["GET"]),

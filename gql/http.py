@@ -7,7 +7,6 @@ fails before execution (malformed parameters, syntax, validation, variables);
 
 import json
 import logging
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,7 +24,7 @@ from graphql import (
     validate,
 )
 from graphql.execution.values import get_variable_values
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
@@ -35,6 +34,7 @@ from domain.errors import DomainError
 from gql.auth import authenticate
 from gql.context import ContextFactory
 from gql.errors import request_error_code
+from gql.request_bodies import BodyTooLarge, ClientGone, read_bounded_body, request_id_of
 
 log = logging.getLogger("wa_inbox.http")
 
@@ -137,7 +137,7 @@ class GraphQLEndpoint:
         await response(scope, receive, send)
 
     async def handle(self, request: Request) -> Response:
-        request_id = _request_id(request)
+        request_id = request_id_of(request)
         if request.method == "GET" and "query" not in request.query_params and _wants_html(request):
             return HTMLResponse(self.ide_html)
         media_type = negotiate_media_type(request.headers.get("accept"))
@@ -244,28 +244,12 @@ class GraphQLEndpoint:
         return _parameters(_decode_json(body, "body"))
 
     async def _read_body(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise RequestRejected(
-                413,
-                f"request bodies are limited to {self.max_body_bytes} bytes",
-                "PAYLOAD_TOO_LARGE",
-            )
-        chunks: list[bytes] = []
-        size = 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise RequestRejected(
-                        413,
-                        f"request bodies are limited to {self.max_body_bytes} bytes",
-                        "PAYLOAD_TOO_LARGE",
-                    )
-                chunks.append(chunk)
-        except ClientDisconnect:
+            return await read_bounded_body(request, self.max_body_bytes)
+        except BodyTooLarge as too_large:
+            raise RequestRejected(413, str(too_large), "PAYLOAD_TOO_LARGE") from None
+        except ClientGone:
             raise RequestRejected(400, "the client went away mid-request", "BAD_REQUEST") from None
-        return b"".join(chunks)
 
     @staticmethod
     def _check_operation_type(request: Request, operation: OperationDefinitionNode) -> None:
@@ -277,14 +261,6 @@ class GraphQLEndpoint:
             raise RequestRejected(
                 405, "mutations must be sent with POST", "METHOD_NOT_ALLOWED", {"Allow": "POST"}
             )
-
-
-def _request_id(request: Request) -> str:
-    """The caller's X-Request-Id when it is a plain token (it ends up in logs), else a new one."""
-    offered = request.headers.get("x-request-id", "")
-    if 0 < len(offered) <= 64 and all(ch.isalnum() or ch in "-_." for ch in offered):
-        return offered
-    return uuid.uuid4().hex
 
 
 def _wants_html(request: Request) -> bool:

@@ -4,6 +4,7 @@ import strawberry
 from strawberry import UNSET
 from strawberry.types import Info
 
+from domain import channels
 from domain.messages import IncomingMessage, ingest_message
 from domain.read_state import mark_thread_read
 from gql.arguments import given, parse_optional_row_id
@@ -14,6 +15,7 @@ from gql.types import (
     MarkReadResult,
     MessageType,
     ThreadType,
+    WhatsAppChannelType,
 )
 
 
@@ -78,3 +80,44 @@ class Mutation:
         return MarkReadResult(
             thread=ThreadType.from_domain(outcome.thread), total_unread=outcome.total_unread
         )
+
+    @strawberry.mutation(
+        name="connectWhatsAppChannel",
+        description=(
+            "Store the webhooks of this Cloud API phone number for the caller's business. "
+            "Connecting a number twice is harmless; one that belongs to another business is "
+            "a CONFLICT."
+        ),
+    )
+    async def connect_whatsapp_channel(
+        self,
+        info: Info[Context, None],
+        phone_number_id: str,
+        display_phone_number: str | None = UNSET,
+    ) -> WhatsAppChannelType:
+        context = info.context
+        await context.reads.close()
+        channel = await channels.connect_channel(
+            context.sessions,
+            context.business_id,
+            phone_number_id,
+            given(display_phone_number),
+        )
+        return WhatsAppChannelType.from_domain(channel)
+
+    @strawberry.mutation(
+        name="disconnectWhatsAppChannel",
+        description=(
+            "Stop storing this number's webhooks (they are then acknowledged and dropped); "
+            "stored messages stay."
+        ),
+    )
+    async def disconnect_whatsapp_channel(
+        self, info: Info[Context, None], phone_number_id: str
+    ) -> WhatsAppChannelType:
+        context = info.context
+        await context.reads.close()
+        channel = await channels.disconnect_channel(
+            context.sessions, context.business_id, phone_number_id
+        )
+        return WhatsAppChannelType.from_domain(channel)

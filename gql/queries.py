@@ -4,10 +4,10 @@ import strawberry
 from strawberry import UNSET
 from strawberry.types import Info
 
-from domain import read_state, threads
+from domain import channels, read_state, threads
 from gql.arguments import given, parse_optional_row_id, parse_row_id
 from gql.context import Context
-from gql.types import MessageType, ThreadConnection, ThreadType
+from gql.types import MessageType, ThreadConnection, ThreadType, WhatsAppChannelType
 
 
 @strawberry.type
@@ -69,3 +69,14 @@ class Query:
         return await context.reads.run(
             lambda session: read_state.total_unread(session, context.business_id)
         )
+
+    @strawberry.field(
+        name="whatsAppChannels",
+        description="The WhatsApp numbers whose webhooks are stored for the business.",
+    )
+    async def whatsapp_channels(self, info: Info[Context, None]) -> list[WhatsAppChannelType]:
+        context = info.context
+        found = await context.reads.run(
+            lambda session: channels.list_channels(session, context.business_id)
+        )
+        return [WhatsAppChannelType.from_domain(channel) for channel in found]

@@ -28,6 +28,9 @@ class Settings:
     database_pool_size: int = 20
     ws_max_message_bytes: int = 65_536
     log_level: str = "INFO"
+    whatsapp_app_secret: str | None = None
+    whatsapp_verify_token: str | None = None
+    webhook_max_body_bytes: int = 8_388_608
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -57,6 +60,11 @@ class Settings:
                 env, "WS_MAX_MESSAGE_BYTES", defaults.ws_max_message_bytes, low=1024
             ),
             log_level=env.get("LOG_LEVEL", defaults.log_level).upper(),
+            whatsapp_app_secret=env.get("WHATSAPP_APP_SECRET") or None,
+            whatsapp_verify_token=env.get("WHATSAPP_VERIFY_TOKEN") or None,
+            webhook_max_body_bytes=_integer(
+                env, "WEBHOOK_MAX_BODY_BYTES", defaults.webhook_max_body_bytes, low=1024
+            ),
         )
 
 

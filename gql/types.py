@@ -5,9 +5,11 @@ from enum import Enum
 
 import strawberry
 from strawberry import UNSET
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from domain import models, threads
+from domain.channels import Channel
 from domain.models import Message, Thread
 from domain.pagination import Page
 from gql.arguments import given
@@ -79,6 +81,21 @@ class MessageType:
     provider_message_id: str | None
     sent_at: datetime
     created_at: datetime
+    type: str = strawberry.field(
+        description=(
+            "WhatsApp's message type: text, image, video, audio, document, sticker, location, "
+            "contacts, interactive, button, reaction, or a type added since (kept as sent)."
+        )
+    )
+    media_id: str | None = strawberry.field(
+        description="The Cloud API media id of an image, video, audio, document or sticker."
+    )
+    provider_payload: JSON | None = strawberry.field(
+        description="The message exactly as WhatsApp delivered it (webhook messages only)."
+    )
+    delivery_error: "DeliveryError | None" = strawberry.field(
+        description="Why WhatsApp could not deliver an outbound message (status FAILED)."
+    )
     row_thread_id: strawberry.Private[int]
 
     @strawberry.field
@@ -100,8 +117,20 @@ class MessageType:
             provider_message_id=message.provider_message_id,
             sent_at=message.sent_at,
             created_at=message.created_at,
+            type=message.message_type,
+            media_id=message.media_id,
+            provider_payload=message.provider_payload,
+            delivery_error=DeliveryError(code=message.error_code, title=message.error_title)
+            if message.error_code is not None or message.error_title is not None
+            else None,
             row_thread_id=message.thread_id,
         )
+
+
+@strawberry.type(name="DeliveryError")
+class DeliveryError:
+    code: int | None = strawberry.field(description="WhatsApp's error code, e.g. 131047.")
+    title: str | None
 
 
 @strawberry.type(name="MessageEdge")
@@ -136,6 +165,12 @@ class ThreadType:
     started_at: datetime
     last_message_at: datetime | None
     last_read_at: datetime | None
+    contact_name: str | None = strawberry.field(
+        description="The customer's WhatsApp profile name, from the latest webhook naming it."
+    )
+    user_id: str | None = strawberry.field(
+        description="WhatsApp's business-scoped user id (BSUID) of the customer, once known."
+    )
     row_id: strawberry.Private[int]
 
     @strawberry.field(description="Inbound messages stored since the thread was last read.")
@@ -187,6 +222,8 @@ class ThreadType:
             started_at=thread.started_at,
             last_message_at=thread.last_message_at,
             last_read_at=thread.last_read_at,
+            contact_name=thread.contact_name,
+            user_id=thread.wa_user_id,
             row_id=thread.id,
         )
 
@@ -239,3 +276,20 @@ class IngestMessageResult:
 class MarkReadResult:
     thread: ThreadType
     total_unread: int
+
+
+@strawberry.type(name="WhatsAppChannel")
+class WhatsAppChannelType:
+    id: strawberry.ID
+    phone_number_id: str = strawberry.field(description="The Cloud API phone number id.")
+    display_phone_number: str | None
+    connected_at: datetime
+
+    @classmethod
+    def from_domain(cls, channel: Channel) -> "WhatsAppChannelType":
+        return cls(
+            id=strawberry.ID(str(channel.id)),
+            phone_number_id=channel.phone_number_id,
+            display_phone_number=channel.display_phone_number,
+            connected_at=channel.connected_at,
+        )

@@ -23,6 +23,8 @@ from gql.auth import issue_token
 from gql.settings import Settings
 
 AUTH_SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
+WHATSAPP_APP_SECRET = "test-whatsapp-app-secret"
+WHATSAPP_VERIFY_TOKEN = "test-verify-token"
 
 
 def with_database(url: str, database: str) -> str:
@@ -90,7 +92,13 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, auth_secret=AUTH_SECRET, default_region="US")
+    return Settings(
+        database_url=database_url,
+        auth_secret=AUTH_SECRET,
+        default_region="US",
+        whatsapp_app_secret=WHATSAPP_APP_SECRET,
+        whatsapp_verify_token=WHATSAPP_VERIFY_TOKEN,
+    )
 
 
 @pytest.fixture

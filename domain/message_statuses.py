@@ -1,0 +1,75 @@
+"""Delivery statuses of outbound messages, as WhatsApp reports them: only ever forward.
+
+sent < delivered < read, and failed is final, whatever order the webhooks arrive in. A status
+for a message not stored yet is kept and applied when the message is stored.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import statements
+from db.unit_of_work import Sessions, run_unit_of_work
+from domain.models import MessageStatus
+
+REPORTABLE_STATUSES = frozenset(
+    {MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.FAILED}
+)
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    provider_message_id: str
+    status: MessageStatus
+    status_at: datetime
+    error_code: int | None = None
+    error_title: str | None = None
+
+
+class StatusOutcome(Enum):
+    APPLIED = "applied"
+    KEPT_PENDING = "kept_pending"  # the message is not stored yet
+    STALE = "stale"  # the message is already at this status or beyond
+
+
+async def record_status(
+    sessions: Sessions, business_id: int, update: StatusUpdate
+) -> StatusOutcome:
+    """Apply `update` to the business's outbound message, or keep it until that is stored."""
+    if update.status not in REPORTABLE_STATUSES:
+        raise ValueError(f"{update.status} is not a delivery status")
+
+    async def work(session: AsyncSession) -> StatusOutcome:
+        # The same lock as storing an outbound message with this provider id: the message is
+        # either visible here, or its writer will find the pending status.
+        await statements.lock_provider_id(session, business_id, update.provider_message_id)
+        advanced = await statements.advance_message_status(
+            session,
+            business_id,
+            update.provider_message_id,
+            status=update.status.value,
+            status_at=update.status_at,
+            error_code=update.error_code,
+            error_title=update.error_title,
+        )
+        if advanced is not None:
+            return StatusOutcome.APPLIED
+        stored = await statements.find_message_by_provider_id(
+            session, business_id, update.provider_message_id
+        )
+        if stored is not None:
+            return StatusOutcome.STALE
+        await statements.keep_pending_status(
+            session,
+            business_id,
+            update.provider_message_id,
+            status=update.status.value,
+            status_at=update.status_at,
+            error_code=update.error_code,
+            error_title=update.error_title,
+        )
+        return StatusOutcome.KEPT_PENDING
+
+    return await run_unit_of_work(sessions, work)

@@ -1,0 +1,187 @@
+"""Storing a WhatsApp webhook delivery: every message exactly once, every status forward.
+
+Each message is its own unit of work (through `ingest_message`, the same rules as the GraphQL
+mutation), so a failure loses at most the message in hand, and a redelivery of the whole batch
+stores only what is missing. A storage failure propagates: the entry point answers 5xx and
+WhatsApp retries the delivery. A message that breaks a rule is recorded as rejected and the
+rest of the batch goes on.
+"""
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db import statements
+from db.unit_of_work import Sessions, run_unit_of_work
+from domain.errors import BadInput
+from domain.events import MessageStored
+from domain.message_statuses import StatusOutcome, record_status
+from domain.messages import ingest_message
+from domain.metrics import InboxMetrics
+from domain.webhook_payloads import RejectedPart, WebhookDelivery, WebhookMessage
+
+log = logging.getLogger("wa_inbox.webhooks")
+
+
+@dataclass
+class DeliveryReport:
+    """What a delivery led to, for the response body and the log."""
+
+    stored: int = 0
+    duplicates: int = 0
+    statuses_applied: int = 0
+    statuses_pending: int = 0
+    statuses_stale: int = 0
+    rejected: int = 0
+    unknown_numbers: int = 0
+    ignored_fields: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+async def store_delivery(
+    sessions: Sessions,
+    delivery: WebhookDelivery,
+    *,
+    default_region: str,
+    metrics: InboxMetrics,
+    on_stored: Callable[[MessageStored], None],
+) -> DeliveryReport:
+    """Store every part of `delivery` for the business owning its number.
+
+    `on_stored` receives the event of each newly stored message as soon as it is committed,
+    also when a later part fails: those messages are stored, and a redelivery will not
+    announce them again.
+    """
+    report = DeliveryReport(ignored_fields=len(delivery.ignored_fields))
+    owners = await run_unit_of_work(
+        sessions,
+        lambda session: statements.businesses_of_phone_number_ids(
+            session, sorted(delivery.phone_number_ids)
+        ),
+    )
+    for phone_number_id in sorted(delivery.phone_number_ids - owners.keys()):
+        report.unknown_numbers += 1
+        metrics.webhook_unknown_numbers += 1
+        log.warning(
+            "[WA-WEBHOOK] phone_number_id=%s is not connected to any business: acknowledged, "
+            "nothing stored (connectWhatsAppChannel connects it)",
+            phone_number_id,
+        )
+    # A number no business owns stores nothing, not even its rejected parts.
+    rejected = [part for part in delivery.rejected if part.phone_number_id in owners]
+    messages_by_business: dict[int, list[WebhookMessage]] = defaultdict(list)
+    for part in delivery.messages:
+        if part.phone_number_id in owners:
+            messages_by_business[owners[part.phone_number_id]].append(part)
+
+    for business_id, parts in messages_by_business.items():
+        already_stored = await _already_stored(sessions, business_id, parts)
+        for part in parts:
+            provider_message_id = part.message.provider_message_id
+            if provider_message_id in already_stored:
+                report.duplicates += 1
+                metrics.duplicates_skipped += 1
+                log.info(
+                    "[WA-DEDUPE] provider_message_id=%s already stored for business_id=%s: "
+                    "redelivery skipped",
+                    provider_message_id,
+                    business_id,
+                )
+                continue
+            try:
+                outcome = await ingest_message(
+                    sessions,
+                    business_id,
+                    part.message,
+                    default_region=default_region,
+                    metrics=metrics,
+                )
+            except BadInput as refused:
+                rejected.append(
+                    RejectedPart(
+                        part.phone_number_id,
+                        provider_message_id,
+                        refused.message,
+                        part.message.provider_payload,
+                    )
+                )
+                continue
+            if outcome.duplicate:
+                report.duplicates += 1
+            else:
+                report.stored += 1
+            if outcome.event is not None:
+                on_stored(outcome.event)
+
+    for status in delivery.statuses:
+        if status.phone_number_id not in owners:
+            continue
+        business_id = owners[status.phone_number_id]
+        result = await record_status(sessions, business_id, status.update)
+        if result is StatusOutcome.APPLIED:
+            report.statuses_applied += 1
+        elif result is StatusOutcome.KEPT_PENDING:
+            report.statuses_pending += 1
+        else:
+            report.statuses_stale += 1
+        log.info(
+            "[WA-WEBHOOK] status %s for provider_message_id=%s business_id=%s: %s",
+            status.update.status.value,
+            status.update.provider_message_id,
+            business_id,
+            result.value,
+        )
+
+    if rejected:
+        await _record_rejections(sessions, rejected, owners)
+        report.rejected = len(rejected)
+        metrics.webhook_rejected_parts += len(rejected)
+    return report
+
+
+async def _already_stored(
+    sessions: Sessions, business_id: int, parts: list[WebhookMessage]
+) -> set[str]:
+    """Provider ids of the batch the business has already: redeliveries cost one statement."""
+    provider_ids = [
+        part.message.provider_message_id
+        for part in parts
+        if part.message.provider_message_id is not None
+    ]
+    if not provider_ids:
+        return set()
+    return await run_unit_of_work(
+        sessions,
+        lambda session: statements.stored_provider_ids(session, business_id, provider_ids),
+    )
+
+
+async def _record_rejections(
+    sessions: Sessions, rejected: list[RejectedPart], owners: dict[str, int]
+) -> None:
+    async def work(session: AsyncSession) -> None:
+        for part in rejected:
+            business_id = owners[part.phone_number_id or ""]
+            log.warning(
+                "[WA-WEBHOOK] rejected part of a delivery for phone_number_id=%s business_id=%s "
+                "provider_message_id=%s: %s",
+                part.phone_number_id,
+                business_id,
+                part.provider_message_id,
+                part.reason,
+            )
+            await statements.record_webhook_rejection(
+                session,
+                business_id=business_id,
+                phone_number_id=part.phone_number_id,
+                provider_message_id=part.provider_message_id,
+                reason=part.reason,
+                fragment=part.fragment,
+            )
+
+    await run_unit_of_work(sessions, work)

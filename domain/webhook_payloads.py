@@ -1,0 +1,319 @@
+"""Reading WhatsApp Cloud API webhook deliveries into messages and statuses to store.
+
+A delivery whose frame is wrong (not an object, no `entry` list, a change without `value` or
+`metadata.phone_number_id`) is rejected whole: `MalformedDelivery`. Inside a well-formed frame,
+each message and status stands alone: one that cannot be read becomes a `RejectedPart` with a
+reason, and the others are stored. Message types this module does not know are kept with their
+type and raw JSON, never dropped.
+"""
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.errors import BadInput
+from domain.message_statuses import REPORTABLE_STATUSES, StatusUpdate
+from domain.messages import MAX_PROVIDER_MESSAGE_ID_LENGTH, IncomingMessage
+from domain.models import Direction, MessageStatus, Source
+from domain.storable_text import is_storable
+
+WHATSAPP_OBJECT = "whatsapp_business_account"
+MESSAGES_FIELD = "messages"
+MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+MAX_MESSAGE_TYPE_LENGTH = 32
+# Unix seconds WhatsApp could plausibly send: 2009-01-01 (WhatsApp's birth) to 2100-01-01.
+_EARLIEST_TIMESTAMP = 1_230_768_000
+_LATEST_TIMESTAMP = 4_102_444_800
+
+
+class MalformedDelivery(BadInput):
+    """The delivery is not a WhatsApp webhook payload at all; nothing of it is stored."""
+
+
+@dataclass(frozen=True)
+class WebhookMessage:
+    phone_number_id: str
+    message: IncomingMessage
+
+
+@dataclass(frozen=True)
+class WebhookStatus:
+    phone_number_id: str
+    update: StatusUpdate
+
+
+@dataclass(frozen=True)
+class RejectedPart:
+    phone_number_id: str | None
+    provider_message_id: str | None
+    reason: str
+    fragment: Any  # the part as received, when it can be stored as JSON
+
+
+@dataclass
+class WebhookDelivery:
+    messages: list[WebhookMessage] = field(default_factory=list)
+    statuses: list[WebhookStatus] = field(default_factory=list)
+    rejected: list[RejectedPart] = field(default_factory=list)
+    ignored_fields: list[str] = field(default_factory=list)  # changes of other webhook fields
+
+    @property
+    def phone_number_ids(self) -> set[str]:
+        return {part.phone_number_id for part in self.messages} | {
+            part.phone_number_id for part in self.statuses
+        }
+
+
+class _UnreadablePart(Exception):
+    """One message or status that cannot be stored; the reason goes to the rejection record."""
+
+
+def read_delivery(payload: Any) -> WebhookDelivery:
+    """The messages, statuses and rejected parts of one webhook delivery (parsed JSON)."""
+    if not isinstance(payload, dict):
+        raise MalformedDelivery("a webhook delivery is a JSON object")
+    if payload.get("object") != WHATSAPP_OBJECT:
+        raise MalformedDelivery(f'a WhatsApp webhook delivery has "object": "{WHATSAPP_OBJECT}"')
+    delivery = WebhookDelivery()
+    for change in _changes(payload):
+        field_name = change.get("field")
+        value = change.get("value")
+        if not isinstance(field_name, str) or not isinstance(value, dict):
+            raise MalformedDelivery('every change has a "field" string and a "value" object')
+        if field_name != MESSAGES_FIELD:
+            delivery.ignored_fields.append(field_name[:64])
+            continue
+        _read_messages_value(value, delivery)
+    return delivery
+
+
+def _changes(payload: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    entries = payload.get("entry")
+    if not isinstance(entries, list):
+        raise MalformedDelivery('a webhook delivery has an "entry" list')
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("changes"), list):
+            raise MalformedDelivery('every entry is an object with a "changes" list')
+        for change in entry["changes"]:
+            if not isinstance(change, dict):
+                raise MalformedDelivery("every change is an object")
+            yield change
+
+
+def _read_messages_value(value: Mapping[str, Any], delivery: WebhookDelivery) -> None:
+    metadata = value.get("metadata")
+    phone_number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if not isinstance(phone_number_id, str) or not phone_number_id.strip():
+        raise MalformedDelivery('every "messages" change names its "metadata.phone_number_id"')
+    phone_number_id = phone_number_id.strip()[:64]
+    messages = value.get("messages", [])
+    statuses = value.get("statuses", [])
+    contacts = value.get("contacts", [])
+    if not all(isinstance(items, list) for items in (messages, statuses, contacts)):
+        raise MalformedDelivery('"messages", "statuses" and "contacts" are lists')
+    names = _contact_names(contacts)
+    for raw in messages:
+        try:
+            message = _read_message(raw, names)
+        except (_UnreadablePart, BadInput) as unreadable:
+            delivery.rejected.append(_rejected(phone_number_id, raw, unreadable))
+            continue
+        delivery.messages.append(WebhookMessage(phone_number_id, message))
+    for raw in statuses:
+        try:
+            update = _read_status(raw)
+        except (_UnreadablePart, BadInput) as unreadable:
+            delivery.rejected.append(_rejected(phone_number_id, raw, unreadable))
+            continue
+        delivery.statuses.append(WebhookStatus(phone_number_id, update))
+
+
+@dataclass(frozen=True)
+class _Contact:
+    name: str | None
+    wa_id: str | None
+    user_id: str | None
+
+
+def _contact_names(contacts: list[Any]) -> dict[str, _Contact]:
+    """Each contact of the change by `wa_id` and by `user_id`; unreadable entries are skipped."""
+    found: dict[str, _Contact] = {}
+    for raw in contacts:
+        if not isinstance(raw, dict):
+            continue
+        profile = raw.get("profile")
+        name = profile.get("name") if isinstance(profile, dict) else None
+        contact = _Contact(
+            name=name if isinstance(name, str) and is_storable(name) else None,
+            wa_id=_optional_string(raw, "wa_id"),
+            user_id=_optional_string(raw, "user_id"),
+        )
+        for key in (contact.wa_id, contact.user_id):
+            if key:
+                found[key] = contact
+    return found
+
+
+def _read_message(raw: Any, contacts: Mapping[str, _Contact]) -> IncomingMessage:
+    if not isinstance(raw, dict):
+        raise _UnreadablePart("a message is a JSON object")
+    provider_message_id = _required_string(raw, "id", MAX_PROVIDER_MESSAGE_ID_LENGTH)
+    phone = _optional_string(raw, "from")
+    user_id = _optional_string(raw, "from_user_id")
+    contact = contacts.get(phone or "") or contacts.get(user_id or "")
+    if contact is not None:
+        phone = phone or contact.wa_id
+        user_id = user_id or contact.user_id
+    if phone is None and user_id is None:
+        raise _UnreadablePart('a message names its sender: "from" or "from_user_id"')
+    message_type = _required_string(raw, "type", MAX_MESSAGE_TYPE_LENGTH)
+    body, media_id = _content(raw, message_type)
+    _require_storable_json(raw)
+    return IncomingMessage(
+        phone=phone,
+        wa_user_id=user_id,
+        contact_name=contact.name if contact is not None else None,
+        direction=Direction.INBOUND,
+        source=Source.CUSTOMER,
+        body=body,
+        provider_message_id=provider_message_id,
+        sent_at=_timestamp(raw),
+        message_type=message_type,
+        media_id=media_id,
+        provider_payload=raw,
+    )
+
+
+def _content(raw: Mapping[str, Any], message_type: str) -> tuple[str | None, str | None]:
+    """The text a thread shows for the message, and its media id, by message type."""
+    content = raw.get(message_type)
+    if message_type not in _KNOWN_TYPES:
+        return None, None
+    if not isinstance(content, dict):
+        raise _UnreadablePart(f'a "{message_type}" message has a "{message_type}" object')
+    if message_type == "text":
+        # Kept as typed: leading spaces and line breaks are part of the customer's text.
+        text = content.get("body")
+        if not isinstance(text, str) or not text.strip():
+            raise _UnreadablePart('a "text" message has a non-empty "text.body" string')
+        if not is_storable(text):
+            raise _UnreadablePart('"text.body" is UTF-8 text without NUL characters')
+        return text, None
+    if message_type in MEDIA_TYPES:
+        return _optional_string(content, "caption"), _optional_string(content, "id")
+    if message_type == "location":
+        parts = [_optional_string(content, key) for key in ("name", "address")]
+        return " - ".join(part for part in parts if part) or None, None
+    if message_type == "contacts":
+        return None, None
+    if message_type == "interactive":
+        for reply_kind in ("button_reply", "list_reply"):
+            reply = content.get(reply_kind)
+            if isinstance(reply, dict):
+                return _optional_string(reply, "title"), None
+        return None, None
+    if message_type == "button":
+        return _optional_string(content, "text"), None
+    # A reaction with an empty emoji removes an earlier one.
+    return _optional_string(content, "emoji"), None
+
+
+_KNOWN_TYPES = frozenset(
+    {"text", "location", "contacts", "interactive", "button", "reaction", *MEDIA_TYPES}
+)
+
+
+def _read_status(raw: Any) -> StatusUpdate:
+    if not isinstance(raw, dict):
+        raise _UnreadablePart("a status is a JSON object")
+    provider_message_id = _required_string(raw, "id", MAX_PROVIDER_MESSAGE_ID_LENGTH)
+    name = _required_string(raw, "status", 16)
+    try:
+        status = MessageStatus(name)
+    except ValueError:
+        status = None
+    if status not in REPORTABLE_STATUSES:
+        raise _UnreadablePart(f'status "{name}" is not one of sent, delivered, read, failed')
+    assert status is not None
+    error_code, error_title = None, None
+    errors = raw.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        code = errors[0].get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and abs(code) < 2**31:
+            error_code = code
+        error_title = _optional_string(errors[0], "title")
+    return StatusUpdate(
+        provider_message_id=provider_message_id,
+        status=status,
+        status_at=_timestamp(raw),
+        error_code=error_code,
+        error_title=error_title,
+    )
+
+
+def _timestamp(raw: Mapping[str, Any]) -> datetime:
+    value = raw.get("timestamp")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        seconds = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    else:
+        raise _UnreadablePart('"timestamp" is Unix seconds')
+    if not _EARLIEST_TIMESTAMP <= seconds <= _LATEST_TIMESTAMP:
+        raise _UnreadablePart(f'"timestamp" {seconds} is not a plausible time')
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _required_string(raw: Mapping[str, Any], key: str, max_length: int | None) -> str:
+    value = _optional_string(raw, key)
+    if value is None:
+        raise _UnreadablePart(f'"{key}" is a non-empty string')
+    if max_length is not None and len(value) > max_length:
+        raise _UnreadablePart(f'"{key}" is at most {max_length} characters')
+    return value
+
+
+def _optional_string(raw: Mapping[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _UnreadablePart(f'"{key}" is a string')
+    if not is_storable(value):
+        raise _UnreadablePart(f'"{key}" is UTF-8 text without NUL characters')
+    return value.strip() or None
+
+
+def _require_storable_json(raw: Any) -> None:
+    """PostgreSQL's jsonb refuses NUL characters and lone surrogates anywhere in the document."""
+    if _first_unstorable_string(raw) is not None:
+        raise _UnreadablePart("the message holds text that is not UTF-8 or contains NUL")
+
+
+def _first_unstorable_string(value: Any) -> str | None:
+    pending = [value]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, str):
+            if not is_storable(current):
+                return current
+        elif isinstance(current, dict):
+            pending.extend(current.keys())
+            pending.extend(current.values())
+        elif isinstance(current, list):
+            pending.extend(current)
+    return None
+
+
+def _rejected(phone_number_id: str, raw: Any, reason: Exception) -> RejectedPart:
+    provider_message_id = None
+    if isinstance(raw, dict) and isinstance(raw.get("id"), str) and is_storable(raw["id"]):
+        provider_message_id = raw["id"][:MAX_PROVIDER_MESSAGE_ID_LENGTH]
+    storable = _first_unstorable_string(raw) is None
+    return RejectedPart(
+        phone_number_id=phone_number_id,
+        provider_message_id=provider_message_id,
+        reason=str(reason)[:500],
+        fragment=raw if storable else None,
+    )
