@@ -1,4 +1,4 @@
-"""Command line: `python -m gql serve | migrate | export-schema | token`."""
+"""Command line: `python -m gql serve | migrate | export-schema | token | sign-webhook`."""
 
 import argparse
 import logging
@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--business-id", type=int, required=True)
     token.add_argument("--user", default="developer")
     token.add_argument("--lifetime-days", type=int, default=30)
+    sign = commands.add_parser(
+        "sign-webhook",
+        help="print the X-Hub-Signature-256 of a file's bytes, signed with WHATSAPP_APP_SECRET",
+    )
+    sign.add_argument("file", type=argparse.FileType("rb"), help="the request body (- for stdin)")
     args = parser.parse_args(argv)
 
     if args.command == "export-schema":
@@ -97,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
                 lifetime_s=args.lifetime_days * 86400,
             )
         )
+    elif args.command == "sign-webhook":
+        from gql.whatsapp_webhook import signature_of
+
+        if not settings.whatsapp_app_secret:
+            parser.exit(2, "set WHATSAPP_APP_SECRET to sign a delivery the server will accept\n")
+        with args.file as body:
+            print(signature_of(body.read(), settings.whatsapp_app_secret))
     elif args.command == "migrate":
         upgrade_to_head(_database_url(settings))
     else:
