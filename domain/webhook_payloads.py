@@ -190,6 +190,11 @@ def _content(raw: Mapping[str, Any], message_type: str) -> tuple[str | None, str
     content = raw.get(message_type)
     if message_type not in _KNOWN_TYPES:
         return None, None
+    if message_type == "contacts":
+        # Contact cards come as a list; the thread shows their names.
+        if not isinstance(content, list):
+            raise _UnreadablePart('a "contacts" message has a "contacts" list')
+        return _contact_card_names(content), None
     if not isinstance(content, dict):
         raise _UnreadablePart(f'a "{message_type}" message has a "{message_type}" object')
     if message_type == "text":
@@ -205,8 +210,6 @@ def _content(raw: Mapping[str, Any], message_type: str) -> tuple[str | None, str
     if message_type == "location":
         parts = [_optional_string(content, key) for key in ("name", "address")]
         return " - ".join(part for part in parts if part) or None, None
-    if message_type == "contacts":
-        return None, None
     if message_type == "interactive":
         for reply_kind in ("button_reply", "list_reply"):
             reply = content.get(reply_kind)
@@ -217,6 +220,17 @@ def _content(raw: Mapping[str, Any], message_type: str) -> tuple[str | None, str
         return _optional_string(content, "text"), None
     # A reaction with an empty emoji removes an earlier one.
     return _optional_string(content, "emoji"), None
+
+
+def _contact_card_names(cards: list[Any]) -> str | None:
+    names = []
+    for card in cards:
+        name = card.get("name") if isinstance(card, dict) else None
+        if isinstance(name, dict):
+            formatted = _optional_string(name, "formatted_name")
+            if formatted:
+                names.append(formatted)
+    return ", ".join(names) or None
 
 
 _KNOWN_TYPES = frozenset(
