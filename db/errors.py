@@ -19,14 +19,6 @@ class MissingConflictTarget(Exception):
         self.statement_name = statement_name
 
 
-class KeyTaken(Exception):
-    """A unique key this transaction wanted was taken by a concurrent one that committed first."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(f"{key} was taken by a concurrent transaction")
-        self.key = key
-
-
 def sqlstate_of(error: BaseException) -> str | None:
     """The PostgreSQL SQLSTATE behind `error`, looking through SQLAlchemy's wrappers."""
     seen: set[int] = set()

@@ -33,8 +33,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.errors import (
     NO_MATCHING_CONFLICT_TARGET,
-    UNIQUE_VIOLATION,
-    KeyTaken,
     MissingConflictTarget,
     sqlstate_of,
 )
@@ -351,26 +349,6 @@ async def lock_conversation(
         .with_for_update()
     )
     return result.mappings().one_or_none()
-
-
-async def rekey_conversation(
-    session: AsyncSession, conversation_id: int, canonical_key: str, phone_e164: str
-) -> None:
-    """Give a conversation known only by user id its phone key, now that the phone is known.
-
-    Raises KeyTaken when a concurrent writer created a thread under that phone key first; the
-    caller repeats its unit of work, which then finds that thread and merges into it.
-    """
-    try:
-        await session.execute(
-            update(conversations)
-            .where(conversations.c.id == conversation_id)
-            .values(canonical_key=canonical_key, phone_e164=phone_e164)
-        )
-    except DBAPIError as error:
-        if sqlstate_of(error) == UNIQUE_VIOLATION:
-            raise KeyTaken(canonical_key) from error
-        raise
 
 
 _MERGE_MESSAGES = text(
