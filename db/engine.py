@@ -70,7 +70,8 @@ def build_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine:
             "command_timeout": options.statement_timeout_ms / 1000 + 5,
             "server_settings": {
                 "statement_timeout": str(options.statement_timeout_ms),
-                "lock_timeout": str(options.lock_timeout_ms),
+                # A lock wait is a statement too: never allowed longer than any statement.
+                "lock_timeout": str(min(options.lock_timeout_ms, options.statement_timeout_ms)),
                 "idle_in_transaction_session_timeout": "60000",
                 "application_name": "wa-inbox",
             },
