@@ -10,7 +10,8 @@ import httpx
 from gql.whatsapp_webhook import signature_of
 from tests.conftest import WHATSAPP_APP_SECRET, GraphQLClient
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "whatsapp"
+# A copy of the team's reference payloads (../shared/whatsapp), so a clone alone can run them.
+SAMPLES = Path(__file__).resolve().parent / "whatsapp_samples"
 # The business number most samples are addressed to, and the second one of the batch sample.
 SAMPLE_PHONE_NUMBER_ID = "106540352242922"
 SECOND_PHONE_NUMBER_ID = "109999999999999"
@@ -26,7 +27,7 @@ mutation Connect($id: String!, $display: String) {
 
 
 def sample(name: str) -> dict[str, Any]:
-    """A sample delivery from ../shared/whatsapp (a fresh copy: tests may change it)."""
+    """A sample delivery from tests/whatsapp_samples (a fresh copy: tests may change it)."""
     loaded: dict[str, Any] = json.loads((SAMPLES / f"{name}.json").read_text())
     return copy.deepcopy(loaded)
 
