@@ -50,6 +50,8 @@ class EngineOptions:
     max_overflow: int = 10
     pool_timeout_s: float = 10.0
     connect_timeout_s: float = 10.0
+    # The role every connection acts as; row-level security applies to it (None: the login's).
+    role: str | None = None
 
 
 def build_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine:
@@ -74,6 +76,7 @@ def build_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine:
                 "lock_timeout": str(min(options.lock_timeout_ms, options.statement_timeout_ms)),
                 "idle_in_transaction_session_timeout": "60000",
                 "application_name": "wa-inbox",
+                **({"role": options.role} if options.role else {}),
             },
         },
     )

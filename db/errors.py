@@ -6,6 +6,7 @@ SERIALIZATION_FAILURE = "40001"
 DEADLOCK_DETECTED = "40P01"
 NO_MATCHING_CONFLICT_TARGET = "42P10"  # ON CONFLICT names columns with no unique index
 UNIQUE_VIOLATION = "23505"
+INSUFFICIENT_PRIVILEGE = "42501"  # also: a row-level security policy refused a row
 QUERY_CANCELED = "57014"  # statement_timeout, or a cancel request
 
 _RETRYABLE_SQLSTATES = {SERIALIZATION_FAILURE, DEADLOCK_DETECTED}

@@ -79,7 +79,7 @@ async def connect_channel(
             )
         return Channel.from_row(row)
 
-    return await run_unit_of_work(sessions, work)
+    return await run_unit_of_work(sessions, work, business_id=business_id)
 
 
 async def disconnect_channel(sessions: Sessions, business_id: int, phone_number_id: str) -> Channel:
@@ -92,7 +92,7 @@ async def disconnect_channel(sessions: Sessions, business_id: int, phone_number_
             raise NotFound(f"no WhatsApp channel {number_id} is connected")
         return Channel.from_row(row)
 
-    return await run_unit_of_work(sessions, work)
+    return await run_unit_of_work(sessions, work, business_id=business_id)
 
 
 async def list_channels(session: AsyncSession, business_id: int) -> list[Channel]:

@@ -72,4 +72,4 @@ async def record_status(
         )
         return StatusOutcome.KEPT_PENDING
 
-    return await run_unit_of_work(sessions, work)
+    return await run_unit_of_work(sessions, work, business_id=business_id)

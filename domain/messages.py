@@ -227,13 +227,17 @@ async def _store_once(
     for _ in range(3):
         try:
             return await run_unit_of_work(
-                sessions, lambda session: _store(session, message, serialized=serialized)
+                sessions,
+                lambda session: _store(session, message, serialized=serialized),
+                business_id=message.business_id,
             )
         except _ProviderIdTaken:
             # ON CONFLICT DO NOTHING waited for the concurrent writer to finish, so a fresh
             # read sees its row; if that writer rolled back instead, store ours again.
             duplicate = await run_unit_of_work(
-                sessions, lambda session: _find_duplicate(session, message)
+                sessions,
+                lambda session: _find_duplicate(session, message),
+                business_id=message.business_id,
             )
             if duplicate is not None:
                 return duplicate

@@ -104,7 +104,7 @@ async def mark_thread_read(
             raise NotFound("no thread with that id")
         return ReadOutcome(Thread.from_row(row), await total_unread(session, business_id))
 
-    outcome = await run_unit_of_work(sessions, mark)
+    outcome = await run_unit_of_work(sessions, mark, business_id=business_id)
     metrics.threads_marked_read += 1
     log.info(
         "[WA-MARK-READ] business_id=%s thread_id=%s marked read; business unread now %s",

@@ -7,6 +7,7 @@ WhatsApp retries the delivery. A message that breaks a rule is recorded as rejec
 rest of the batch goes on.
 """
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -63,6 +64,8 @@ async def store_delivery(
         lambda session: statements.businesses_of_phone_number_ids(
             session, sorted(delivery.phone_number_ids)
         ),
+        # Which business owns a number is asked before any business is known.
+        business_id=None,
     )
     for phone_number_id in sorted(delivery.phone_number_ids - owners.keys()):
         report.unknown_numbers += 1
@@ -158,30 +161,41 @@ async def _already_stored(
     return await run_unit_of_work(
         sessions,
         lambda session: statements.stored_provider_ids(session, business_id, provider_ids),
+        business_id=business_id,
     )
 
 
 async def _record_rejections(
     sessions: Sessions, rejected: list[RejectedPart], owners: dict[str, int]
 ) -> None:
-    async def work(session: AsyncSession) -> None:
-        for part in rejected:
-            business_id = owners[part.phone_number_id or ""]
-            log.warning(
-                "[WA-WEBHOOK] rejected part of a delivery for phone_number_id=%s business_id=%s "
-                "provider_message_id=%s: %s",
-                part.phone_number_id,
-                business_id,
-                part.provider_message_id,
-                part.reason,
-            )
-            await statements.record_webhook_rejection(
-                session,
-                business_id=business_id,
-                phone_number_id=part.phone_number_id,
-                provider_message_id=part.provider_message_id,
-                reason=part.reason,
-                fragment=part.fragment,
-            )
+    by_business: dict[int, list[RejectedPart]] = defaultdict(list)
+    for part in rejected:
+        by_business[owners[part.phone_number_id or ""]].append(part)
+    for business_id, parts in by_business.items():
+        await run_unit_of_work(
+            sessions,
+            functools.partial(_record_business_rejections, business_id=business_id, parts=parts),
+            business_id=business_id,
+        )
 
-    await run_unit_of_work(sessions, work)
+
+async def _record_business_rejections(
+    session: AsyncSession, *, business_id: int, parts: list[RejectedPart]
+) -> None:
+    for part in parts:
+        log.warning(
+            "[WA-WEBHOOK] rejected part of a delivery for phone_number_id=%s business_id=%s "
+            "provider_message_id=%s: %s",
+            part.phone_number_id,
+            business_id,
+            part.provider_message_id,
+            part.reason,
+        )
+        await statements.record_webhook_rejection(
+            session,
+            business_id=business_id,
+            phone_number_id=part.phone_number_id,
+            provider_message_id=part.provider_message_id,
+            reason=part.reason,
+            fragment=part.fragment,
+        )

@@ -46,6 +46,7 @@ def create_app(settings: Settings) -> Starlette:
             statement_timeout_ms=settings.statement_timeout_ms,
             pool_size=settings.database_pool_size,
             max_overflow=0,
+            role=settings.database_app_role,
         ),
     )
     sessions = build_sessionmaker(engine)

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.unit_of_work import Sessions
+from db.unit_of_work import Sessions, enter_business
 from domain.events import InboxEvent
 from domain.metrics import InboxMetrics
 from gql.auth import Principal
@@ -23,15 +23,22 @@ class RequestReads:
     queue on a lock. Writes never go through here: each mutation has its own unit of work.
     """
 
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, business_id: int) -> None:
         self._sessions = sessions
+        self._business_id = business_id
         self._session: AsyncSession | None = None
         self._lock = asyncio.Lock()
 
     async def run(self, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with self._lock:
             if self._session is None:
-                self._session = self._sessions()
+                session = self._sessions()
+                try:
+                    await enter_business(session, self._business_id)
+                except BaseException:
+                    await session.close()
+                    raise
+                self._session = session
             return await read(self._session)
 
     async def close(self) -> None:
@@ -53,7 +60,7 @@ class Context:
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:
-        self.reads = RequestReads(self.sessions)
+        self.reads = RequestReads(self.sessions, self.principal.business_id)
         self.loaders = Loaders(self.reads.run, self.principal.business_id)
 
     def forget_loaded(self) -> None:

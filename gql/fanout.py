@@ -513,7 +513,8 @@ class FanOutHub:
         # read after the commit, so the latest event delivered carries the latest state.
         loaded, counts = await run_unit_of_work(
             self.sessions,
-            lambda session: self._read_for_delivery(
+            business_id=event.business_id,
+            work=lambda session: self._read_for_delivery(
                 session, event, message=bool(readers), counts=bool(badges)
             ),
         )
@@ -662,7 +663,7 @@ class FanOutHub:
                 session, business_id, changed_since=since, limit=self.limits.resync_thread_limit
             )
 
-        return await run_unit_of_work(self.sessions, snapshot)
+        return await run_unit_of_work(self.sessions, snapshot, business_id=business_id)
 
     async def _resync(self, since: datetime) -> None:
         """After an outage, send every badge subscriber the counts it may have missed."""

@@ -27,7 +27,10 @@ class DatabaseHealth:
 async def check_database(sessions: Sessions) -> DatabaseHealth:
     """Whether the database answers, and which ON CONFLICT constraints are missing."""
     try:
-        async with asyncio.timeout(READINESS_TIMEOUT_S), unit_of_work(sessions) as session:
+        async with (
+            asyncio.timeout(READINESS_TIMEOUT_S),
+            unit_of_work(sessions, business_id=None) as session,
+        ):
             await session.execute(text("SELECT 1"))
             missing = await missing_conflict_targets(session)
     except (TimeoutError, OSError) as failure:

@@ -28,6 +28,7 @@ class Settings:
     database_pool_size: int = 20
     ws_max_message_bytes: int = 65_536
     log_level: str = "INFO"
+    database_app_role: str | None = "wa_inbox_app"
     whatsapp_app_secret: str | None = None
     whatsapp_verify_token: str | None = None
     webhook_max_body_bytes: int = 8_388_608
@@ -60,6 +61,8 @@ class Settings:
                 env, "WS_MAX_MESSAGE_BYTES", defaults.ws_max_message_bytes, low=1024
             ),
             log_level=env.get("LOG_LEVEL", defaults.log_level).upper(),
+            database_app_role=env.get("DATABASE_APP_ROLE", defaults.database_app_role or "")
+            or None,
             whatsapp_app_secret=env.get("WHATSAPP_APP_SECRET") or None,
             whatsapp_verify_token=env.get("WHATSAPP_VERIFY_TOKEN") or None,
             webhook_max_body_bytes=_integer(

@@ -499,6 +499,8 @@ def raise_sqlstate(sqlstate: str) -> TextClause:
 async def unit_attempts(db: asyncpg.Connection) -> None:
     """A scratch table each attempt writes to: only a committed attempt leaves its row."""
     await db.execute("CREATE TABLE unit_attempts (attempt int NOT NULL)")
+    # The app's connections act as the row-level-security role, which owns nothing.
+    await db.execute("GRANT SELECT, INSERT ON unit_attempts TO wa_inbox_app")
 
 
 async def failing_unit(
@@ -518,7 +520,9 @@ async def failing_unit(
         return "done"
 
     try:
-        result = await run_unit_of_work(build_sessionmaker(app.state.engine), work)
+        result = await run_unit_of_work(
+            build_sessionmaker(app.state.engine), work, business_id=None
+        )
     except DBAPIError as error:
         return attempts, error
     assert result == "done"
@@ -573,6 +577,7 @@ async def test_genuine_deadlock_between_two_units_of_work_ends_with_both_committ
     caplog.set_level(logging.WARNING, logger="wa_inbox")
     await db.execute("CREATE TABLE lock_pair (id int PRIMARY KEY, writes int NOT NULL)")
     await db.execute("INSERT INTO lock_pair VALUES (1, 0), (2, 0)")
+    await db.execute("GRANT SELECT, UPDATE ON lock_pair TO wa_inbox_app")
     sessions = build_sessionmaker(app.state.engine)
     # Both units hold their first row before either asks for the second: a certain deadlock.
     both_hold_one_row = asyncio.Barrier(2)
@@ -592,8 +597,8 @@ async def test_genuine_deadlock_between_two_units_of_work_ends_with_both_committ
 
     async with asyncio.timeout(30):
         results = await asyncio.gather(
-            run_unit_of_work(sessions, locking("forward", 1, 2)),
-            run_unit_of_work(sessions, locking("backward", 2, 1)),
+            run_unit_of_work(sessions, locking("forward", 1, 2), business_id=None),
+            run_unit_of_work(sessions, locking("backward", 2, 1), business_id=None),
         )
     assert list(results) == ["forward", "backward"]
     assert sorted(attempts.values()) == [1, 2]
