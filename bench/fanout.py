@@ -612,13 +612,15 @@ def _summary(values: list[float]) -> dict[str, float | None]:
 def measure(
     subscribers: int, messages: int, workers: int, database_env: dict[str, str], log_path: Path
 ) -> dict[str, Any]:
+    from domain.access import Role
     from gql.auth import issue_token
 
     offset = log_path.stat().st_size if log_path.exists() else 0
     result: dict[str, Any] = {"subscribers": subscribers, "messages": messages}
     with running_server(database_env, log_path) as server:
         inbox = Inbox(
-            server.base_url, issue_token(AUTH_SECRET, user_id="bench", business_id=BUSINESS_ID)
+            server.base_url,
+            issue_token(AUTH_SECRET, user_id="bench", business_id=BUSINESS_ID, role=Role.SERVICE),
         )
         try:
             for _ in range(SERVER_WARMUP_INGESTS):

@@ -7,6 +7,7 @@ from typing import Any
 
 from db.embedded import start_embedded_postgres
 from db.migrations import upgrade_to_head
+from domain.access import Role
 from gql.auth import issue_token
 from gql.settings import Settings, SettingsError
 
@@ -30,6 +31,8 @@ def serve(settings: Settings) -> None:
 
     url = _database_url(settings)
     upgrade_to_head(url)
+    if settings.auth_secret is None:
+        settings = dataclasses.replace(settings, auth_secret=_development_secret_banner())
     log.info(
         "migrations applied; serving GraphQL at http://%s:%s/graphql", settings.host, settings.port
     )
@@ -44,6 +47,24 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         **websocket_server_options(settings),
     )
+
+
+def _development_secret_banner() -> str:
+    """A secret for this run, and an admin token for business 1 printed on the terminal.
+
+    Printed, never logged: log lines are shipped and kept, and tokens never belong in them.
+    """
+    from gql.app import development_secret
+
+    secret = development_secret()
+    token = issue_token(secret, user_id="developer", business_id=1, role=Role.ADMIN)
+    print(
+        "AUTH_SECRET is not set: using a generated development secret (tokens stop working at "
+        f"restart).\nDevelopment admin token for business_id=1:\n\n    Bearer {token}\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    return secret
 
 
 def websocket_server_options(settings: Settings) -> dict[str, Any]:
@@ -71,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--business-id", type=int, required=True)
     token.add_argument("--user", default="developer")
     token.add_argument("--lifetime-days", type=int, default=30)
+    token.add_argument(
+        "--role",
+        choices=[role.value for role in Role],
+        default=Role.AGENT.value,
+        help="agent (default: read, markRead, HUMAN messages), service (bots), admin",
+    )
     sign = commands.add_parser(
         "sign-webhook",
         help="print the X-Hub-Signature-256 of a file's bytes, signed with WHATSAPP_APP_SECRET",
@@ -99,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings.auth_secret,
                 user_id=args.user,
                 business_id=args.business_id,
+                role=Role(args.role),
                 lifetime_s=args.lifetime_days * 86400,
             )
         )

@@ -10,7 +10,6 @@ from starlette.routing import Route, WebSocketRoute
 
 from db.engine import EngineOptions, build_engine, build_sessionmaker
 from domain.metrics import InboxMetrics
-from gql.auth import issue_token
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint
@@ -37,8 +36,7 @@ def create_app(settings: Settings) -> Starlette:
         auth_secret = development_secret()
         log.warning(
             "AUTH_SECRET is not set: using a generated development secret (tokens stop working "
-            "at restart). Development token for business_id=1:\n\n    Bearer %s\n",
-            issue_token(auth_secret, user_id="developer", business_id=1),
+            "at restart)"
         )
     engine = build_engine(
         settings.database_url,

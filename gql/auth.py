@@ -1,4 +1,9 @@
-"""Who is asking: HS256 bearer tokens carrying the user (`sub`) and the `business_id`."""
+"""Who is asking: HS256 bearer tokens carrying the user (`sub`), `business_id` and `role`.
+
+Validation is strict: HS256 only (`none` and every other algorithm refused), `exp` required
+(30 s of clock-skew leeway), `sub` a non-empty string, `business_id` a positive integer, and
+`role`, when present, one of agent, service, admin (absent: agent, the least privilege).
+"""
 
 import time
 from collections.abc import Mapping
@@ -6,15 +11,19 @@ from dataclasses import dataclass
 
 import jwt
 
+from domain.access import DEFAULT_ROLE, Role
 from domain.errors import Unauthenticated
 
 ALGORITHM = "HS256"
+CLOCK_SKEW_LEEWAY_S = 30
+MAX_SUBJECT_LENGTH = 256
 
 
 @dataclass(frozen=True)
 class Principal:
     user_id: str
     business_id: int
+    role: Role = DEFAULT_ROLE
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -34,8 +43,8 @@ def authenticate(authorization: str | None, secret: str) -> Principal:
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["sub", "business_id"]},
-            leeway=30,
+            options={"require": ["sub", "business_id", "exp"]},
+            leeway=CLOCK_SKEW_LEEWAY_S,
         )
     except jwt.PyJWTError:
         raise Unauthenticated("invalid or expired token") from None
@@ -48,15 +57,38 @@ def principal_from_claims(claims: Mapping[str, object]) -> Principal:
     # bool is an int in Python; a token saying business_id=true names no business.
     if not isinstance(business_id, int) or isinstance(business_id, bool) or business_id <= 0:
         raise Unauthenticated("the token's business_id must be a positive integer")
-    if not isinstance(user_id, str) or not user_id:
+    if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_SUBJECT_LENGTH:
         raise Unauthenticated("the token's sub must be a non-empty string")
-    return Principal(user_id=user_id, business_id=business_id)
+    return Principal(user_id=user_id, business_id=business_id, role=_role(claims))
+
+
+def _role(claims: Mapping[str, object]) -> Role:
+    if "role" not in claims:
+        return DEFAULT_ROLE
+    raw = claims["role"]
+    if isinstance(raw, str):
+        for role in Role:
+            if role.value == raw:
+                return role
+    raise Unauthenticated("the token's role must be agent, service or admin")
 
 
 def issue_token(
-    secret: str, *, user_id: str, business_id: int, lifetime_s: int = 30 * 24 * 3600
+    secret: str,
+    *,
+    user_id: str,
+    business_id: int,
+    role: Role | None = None,
+    lifetime_s: int = 30 * 24 * 3600,
 ) -> str:
-    """A signed token for development and tests."""
+    """A signed token for development and tests (no `role` claim when `role` is None)."""
     now = int(time.time())
-    claims = {"sub": user_id, "business_id": business_id, "iat": now, "exp": now + lifetime_s}
+    claims: dict[str, object] = {
+        "sub": user_id,
+        "business_id": business_id,
+        "iat": now,
+        "exp": now + lifetime_s,
+    }
+    if role is not None:
+        claims["role"] = role.value
     return jwt.encode(claims, secret, algorithm=ALGORITHM)

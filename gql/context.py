@@ -8,6 +8,7 @@ from typing import TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.unit_of_work import Sessions, enter_business
+from domain.access import Role
 from domain.events import InboxEvent
 from domain.metrics import InboxMetrics
 from gql.auth import Principal
@@ -70,6 +71,10 @@ class Context:
     @property
     def business_id(self) -> int:
         return self.principal.business_id
+
+    @property
+    def role(self) -> Role:
+        return self.principal.role
 
 
 @dataclass(frozen=True)

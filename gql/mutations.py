@@ -4,7 +4,7 @@ import strawberry
 from strawberry import UNSET
 from strawberry.types import Info
 
-from domain import channels
+from domain import access, channels
 from domain.messages import IncomingMessage, ingest_message
 from domain.read_state import mark_thread_read
 from gql.arguments import given, parse_optional_row_id
@@ -31,6 +31,7 @@ class Mutation:
         self, info: Info[Context, None], input: IngestMessageInput
     ) -> IngestMessageResult:
         context = info.context
+        access.require_may_ingest(context.role, input.source.to_domain())
         # A request holds at most one connection at a time: earlier results' reads are done.
         await context.reads.close()
         outcome = await ingest_message(
@@ -65,6 +66,7 @@ class Mutation:
         phone: str | None = UNSET,
     ) -> MarkReadResult:
         context = info.context
+        access.require_may_mark_read(context.role)
         # A request holds at most one connection at a time: earlier results' reads are done.
         await context.reads.close()
         outcome = await mark_thread_read(
@@ -96,6 +98,7 @@ class Mutation:
         display_phone_number: str | None = UNSET,
     ) -> WhatsAppChannelType:
         context = info.context
+        access.require_may_manage_channels(context.role)
         await context.reads.close()
         channel = await channels.connect_channel(
             context.sessions,
@@ -116,6 +119,7 @@ class Mutation:
         self, info: Info[Context, None], phone_number_id: str
     ) -> WhatsAppChannelType:
         context = info.context
+        access.require_may_manage_channels(context.role)
         await context.reads.close()
         channel = await channels.disconnect_channel(
             context.sessions, context.business_id, phone_number_id

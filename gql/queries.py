@@ -4,7 +4,7 @@ import strawberry
 from strawberry import UNSET
 from strawberry.types import Info
 
-from domain import channels, read_state, threads
+from domain import access, channels, read_state, threads
 from gql.arguments import given, parse_optional_row_id, parse_row_id
 from gql.context import Context
 from gql.types import MessageType, ThreadConnection, ThreadType, WhatsAppChannelType
@@ -76,6 +76,7 @@ class Query:
     )
     async def whatsapp_channels(self, info: Info[Context, None]) -> list[WhatsAppChannelType]:
         context = info.context
+        access.require_may_manage_channels(context.role)
         found = await context.reads.run(
             lambda session: channels.list_channels(session, context.business_id)
         )

@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from db.embedded import start_embedded_postgres
 from db.engine import to_async_url
 from db.migrations import upgrade_to_head
+from domain.access import Role
 from gql.app import create_app
 from gql.auth import issue_token
 from gql.settings import Settings
@@ -108,20 +109,30 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
         yield application
 
 
-def token_for(business_id: int = 1, user_id: str = "agent-1") -> str:
-    return issue_token(AUTH_SECRET, user_id=user_id, business_id=business_id)
+def token_for(
+    business_id: int = 1, user_id: str = "agent-1", role: Role | None = Role.ADMIN
+) -> str:
+    """A valid token; admin unless told otherwise, so tests of other rules are not about roles."""
+    return issue_token(AUTH_SECRET, user_id=user_id, business_id=business_id, role=role)
 
 
 class GraphQLClient:
     """Posts GraphQL over HTTP to the app in-process, as one business."""
 
-    def __init__(self, http: httpx.AsyncClient, business_id: int = 1) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, business_id: int = 1, role: Role | None = Role.ADMIN
+    ) -> None:
         self.http = http
         self.business_id = business_id
-        self.headers = {"Authorization": f"Bearer {token_for(business_id)}"}
+        self.role = role
+        self.headers = {"Authorization": f"Bearer {token_for(business_id, role=role)}"}
 
     def as_business(self, business_id: int) -> "GraphQLClient":
-        return GraphQLClient(self.http, business_id)
+        return GraphQLClient(self.http, business_id, self.role)
+
+    def as_role(self, role: Role | None) -> "GraphQLClient":
+        """The same business with a token of `role` (None: a token without a role claim)."""
+        return GraphQLClient(self.http, self.business_id, role)
 
     async def post(
         self, query: str, variables: dict[str, Any] | None = None, **headers: str

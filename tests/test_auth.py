@@ -1,6 +1,7 @@
 """Authentication: every request carries `Authorization: Bearer <JWT>`, HS256-signed with the
-app's secret, with a string `sub` and a positive integer `business_id`; anything else is 401
-UNAUTHENTICATED. The token's business scopes every read and write."""
+app's secret, with a string `sub`, a positive integer `business_id`, an `exp`, and optionally a
+known `role`; anything else is 401 UNAUTHENTICATED. The token's business scopes every read and
+write."""
 
 import base64
 import json
@@ -91,6 +92,16 @@ REFUSED_AUTHORIZATIONS = [
     pytest.param(f"Bearer {signed(claims(business_id=-1))}", id="business_id_negative"),
     pytest.param(f"Bearer {signed(claims(business_id=1.5))}", id="business_id_fraction"),
     pytest.param(f"Bearer {signed(claims(business_id=None))}", id="business_id_null"),
+    pytest.param(f"Bearer {signed(claims(exp=..., iat=...))}", id="no_exp_claim"),
+    pytest.param(f"Bearer {signed(claims(exp='tomorrow'))}", id="exp_not_a_number"),
+    pytest.param(
+        f"Bearer {signed(claims(exp=int(time.time()) - 60))}", id="expired_beyond_the_leeway"
+    ),
+    pytest.param(f"Bearer {signed(claims(sub='x' * 257))}", id="sub_too_long"),
+    pytest.param(f"Bearer {signed(claims(role='owner'))}", id="unknown_role"),
+    pytest.param(f"Bearer {signed(claims(role='ADMIN'))}", id="role_in_the_wrong_case"),
+    pytest.param(f"Bearer {signed(claims(role=['admin']))}", id="role_as_a_list"),
+    pytest.param(f"Bearer {signed(claims(role=None))}", id="role_null"),
 ]
 
 
@@ -142,7 +153,9 @@ async def test_expired_token_within_the_leeway_is_still_accepted(http: httpx.Asy
     [
         pytest.param(token_for(), id="conftest_token"),
         pytest.param(signed(claims()), id="hs256_with_sub_and_business_id"),
-        pytest.param(signed(claims(exp=..., iat=...)), id="no_exp_claim"),
+        pytest.param(signed(claims(role="agent")), id="agent_role"),
+        pytest.param(signed(claims(role="service")), id="service_role"),
+        pytest.param(signed(claims(role="admin")), id="admin_role"),
         pytest.param(signed(claims(business_id=2**40)), id="large_business_id"),
     ],
 )

@@ -122,7 +122,7 @@ def test_serve_without_database_url_runs_on_an_embedded_postgresql(tmp_path: Pat
     with running_server(overrides, log_path) as base_url:
         assert httpx.get(f"{base_url}/readyz").json()["status"] == "ok"
         token = subprocess.run(
-            [sys.executable, "-m", "gql", "token", "--business-id", "7"],
+            [sys.executable, "-m", "gql", "token", "--business-id", "7", "--role", "admin"],
             cwd=PROJECT_ROOT,
             env={**os.environ, "AUTH_SECRET": "x" * 40},
             capture_output=True,

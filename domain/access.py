@@ -1,0 +1,37 @@
+"""Who may do what within a business: the roles a token can carry and what each allows.
+
+- agent (the default, least privilege): read threads, mark them read, record HUMAN messages.
+- service (bots and automations): read threads and ingest messages of any source.
+- admin: everything of its business, including its WhatsApp channels.
+"""
+
+from enum import Enum
+
+from domain.errors import Forbidden
+from domain.models import Source
+
+
+class Role(Enum):
+    AGENT = "agent"
+    SERVICE = "service"
+    ADMIN = "admin"
+
+
+DEFAULT_ROLE = Role.AGENT
+
+
+def require_may_ingest(role: Role, source: Source) -> None:
+    if role is Role.AGENT and source is not Source.HUMAN:
+        raise Forbidden(
+            "an agent records HUMAN messages only; bots and automations need a service token"
+        )
+
+
+def require_may_mark_read(role: Role) -> None:
+    if role is Role.SERVICE:
+        raise Forbidden("marking threads read is for agents and admins")
+
+
+def require_may_manage_channels(role: Role) -> None:
+    if role is not Role.ADMIN:
+        raise Forbidden("WhatsApp channels are managed with an admin token")
