@@ -4,8 +4,11 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route, WebSocketRoute
 
 from db.engine import EngineOptions, build_engine, build_sessionmaker
@@ -13,6 +16,7 @@ from domain.metrics import InboxMetrics
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint
+from gql.origins import WebSocketOriginGuard
 from gql.schema import build_schema
 from gql.settings import Settings
 from gql.websocket import InboxWebSocketView
@@ -49,7 +53,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     sessions = build_sessionmaker(engine)
     metrics = InboxMetrics()
-    schema = build_schema()
+    schema = build_schema(settings.query_limits)
     hub = FanOutHub(
         schema=schema,
         sessions=sessions,
@@ -62,11 +66,14 @@ def create_app(settings: Settings) -> Starlette:
         contexts=hub.contexts,
         auth_secret=auth_secret,
         max_body_bytes=settings.max_body_bytes,
+        max_batch_operations=settings.max_batch_operations,
     )
     websockets = InboxWebSocketView(
         schema,
         hub=hub,
         auth_secret=auth_secret,
+        connection_init_timeout=timedelta(seconds=settings.ws_connection_init_timeout_s),
+        max_subscriptions_per_connection=settings.ws_max_subscriptions,
     )
     whatsapp = WhatsAppWebhook(
         sessions=sessions,
@@ -107,7 +114,9 @@ def create_app(settings: Settings) -> Starlette:
             # Every method reaches the endpoint, which answers the ones it does not serve with
             # a GraphQL-shaped 405.
             Route("/graphql", graphql, methods=None),
-            WebSocketRoute("/graphql", websockets),
+            WebSocketRoute(
+                "/graphql", WebSocketOriginGuard(websockets, settings.cors_allowed_origins)
+            ),
             Route("/webhooks/whatsapp", whatsapp.verify, methods=["GET"]),
             Route("/webhooks/whatsapp", whatsapp.receive, methods=["POST"]),
             Route("/healthz", health.healthz, methods=["GET"]),
@@ -115,6 +124,18 @@ def create_app(settings: Settings) -> Starlette:
             Route("/metrics", health.metrics_text, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_allowed_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["authorization", "content-type", "accept", "x-request-id"],
+                expose_headers=["x-request-id"],
+                # Bearer tokens only: cookies are never read, so never invited cross-site.
+                allow_credentials=False,
+                max_age=600,
+            )
+        ],
     )
     app.state.engine = engine
     app.state.metrics = metrics

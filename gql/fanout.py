@@ -389,7 +389,7 @@ class FanOutHub:
         if existing is not None:
             return existing
         graphql_schema = self.schema._schema
-        document, errors = checked_document(graphql_schema, query)
+        document, errors = checked_document(self.schema, query)
         if errors:
             raise errors[0]
         assert document is not None

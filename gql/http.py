@@ -21,6 +21,7 @@ from graphql import (
     OperationType,
     get_operation_ast,
     parse,
+    specified_rules,
     validate,
 )
 from graphql.execution.values import get_variable_values
@@ -31,9 +32,10 @@ from strawberry.http.ides import get_graphql_ide_html
 from strawberry.types import ExecutionResult
 
 from domain.errors import DomainError
-from gql.auth import authenticate
+from gql.auth import Principal, authenticate
 from gql.context import ContextFactory
 from gql.errors import request_error_code
+from gql.limits import QUERY_TOO_COMPLEX, QueryLimits
 from gql.request_bodies import BodyTooLarge, ClientGone, read_bounded_body, request_id_of
 
 log = logging.getLogger("wa_inbox.http")
@@ -104,15 +106,31 @@ def negotiate_media_type(accept: str | None) -> str | None:
     return best[2] if best else None
 
 
-@lru_cache(maxsize=256)
 def checked_document(
-    schema: GraphQLSchema, query: str
+    schema: strawberry.Schema, query: str
+) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
+    """The parsed document and its validation errors, the schema's limits included."""
+    limits = getattr(schema, "query_limits", None) or QueryLimits()
+    return _checked_document(schema._schema, query, limits)
+
+
+@lru_cache(maxsize=256)
+def _checked_document(
+    schema: GraphQLSchema, query: str, limits: QueryLimits
 ) -> tuple[DocumentNode | None, tuple[GraphQLError, ...]]:
     try:
-        document = parse(query, max_tokens=10_000)
+        document = parse(query, max_tokens=limits.max_tokens)
     except GraphQLError as syntax_error:
+        if "tokens" in syntax_error.message and not syntax_error.message.startswith("Syntax"):
+            return None, (
+                GraphQLError(
+                    f"the document has more than {limits.max_tokens} tokens (MAX_QUERY_TOKENS)",
+                    extensions={"code": QUERY_TOO_COMPLEX},
+                ),
+            )
         return None, (syntax_error,)
-    return document, tuple(validate(schema, document))
+    rules = (*specified_rules, *limits.validation_rules())
+    return document, tuple(validate(schema, document, rules))
 
 
 class GraphQLEndpoint:
@@ -125,11 +143,13 @@ class GraphQLEndpoint:
         contexts: ContextFactory,
         auth_secret: str,
         max_body_bytes: int,
+        max_batch_operations: int = 1,
     ) -> None:
         self.schema = schema
         self.contexts = contexts
         self.auth_secret = auth_secret
         self.max_body_bytes = max_body_bytes
+        self.max_batch_operations = max_batch_operations
         self.ide_html = get_graphql_ide_html(graphql_ide="graphiql")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -183,9 +203,61 @@ class GraphQLEndpoint:
             raise RequestRejected(
                 401, refused.message, refused.code, {"WWW-Authenticate": 'Bearer realm="wa-inbox"'}
             ) from None
-        parameters = await self._read_parameters(request)
+        raw = await self._read_raw_parameters(request)
+        if isinstance(raw, list):
+            return await self._handle_batch(request, raw, principal, request_id)
+        body = await self._execute(request, _parameters(raw), principal, request_id)
+        return _respond(media_type, 200, body, request_id)
+
+    async def _handle_batch(
+        self, request: Request, batch: list[Any], principal: Principal, request_id: str
+    ) -> Response:
+        """Several operations in one POST, run one after the other, answered as a list.
+
+        Each operation succeeds or fails on its own; a batch above MAX_BATCH_OPERATIONS is
+        refused whole, before anything runs.
+        """
+        if self.max_batch_operations == 1:
+            raise RequestInvalid(
+                [
+                    _error(
+                        "batched operations are off: send one operation per request "
+                        "(MAX_BATCH_OPERATIONS)",
+                        "BAD_REQUEST",
+                    )
+                ]
+            )
+        if not batch or len(batch) > self.max_batch_operations:
+            raise RequestInvalid(
+                [
+                    _error(
+                        f"a batch holds 1 to {self.max_batch_operations} operations "
+                        "(MAX_BATCH_OPERATIONS)",
+                        "BAD_REQUEST",
+                    )
+                ]
+            )
+        bodies: list[dict[str, Any]] = []
+        for item in batch:
+            try:
+                bodies.append(
+                    await self._execute(request, _parameters(item), principal, request_id)
+                )
+            except RequestInvalid as invalid:
+                bodies.append({"errors": invalid.errors})
+            except RequestRejected as rejected:
+                bodies.append({"errors": [_error(rejected.message, rejected.code)]})
+        return _respond(APPLICATION_JSON, 200, bodies, request_id)
+
+    async def _execute(
+        self,
+        request: Request,
+        parameters: GraphQLParameters,
+        principal: Principal,
+        request_id: str,
+    ) -> dict[str, Any]:
         graphql_schema = self.schema._schema
-        document, errors = checked_document(graphql_schema, parameters.query)
+        document, errors = checked_document(self.schema, parameters.query)
         if errors:
             raise RequestInvalid([_formatted(error) for error in errors])
         assert document is not None
@@ -214,15 +286,16 @@ class GraphQLEndpoint:
             )
         finally:
             await context.reads.close()
-        return _respond(media_type, 200, _result_body(result), request_id)
+        return _result_body(result)
 
-    async def _read_parameters(self, request: Request) -> GraphQLParameters:
+    async def _read_raw_parameters(self, request: Request) -> Any:
+        """The request's parameters as decoded JSON: an object, or a list for a batch."""
         if request.method == "GET":
             raw: Any = dict(request.query_params)
             for name in ("variables", "extensions"):
                 if isinstance(raw.get(name), str) and raw[name]:
                     raw[name] = _decode_json(raw[name], name)
-            return _parameters(raw)
+            return raw
         content_type = request.headers.get("content-type")
         if not content_type:
             raise RequestRejected(
@@ -241,7 +314,7 @@ class GraphQLEndpoint:
         body = await self._read_body(request)
         if not body:
             raise RequestInvalid([_error("a POST needs a JSON body with a `query`", "BAD_REQUEST")])
-        return _parameters(_decode_json(body, "body"))
+        return _decode_json(body, "body")
 
     async def _read_body(self, request: Request) -> bytes:
         try:
@@ -276,10 +349,6 @@ def _decode_json(raw: str | bytes, what: str) -> Any:
 
 
 def _parameters(raw: Any) -> GraphQLParameters:
-    if isinstance(raw, list):
-        raise RequestInvalid(
-            [_error("batched operations are not supported: send one per request", "BAD_REQUEST")]
-        )
     if not isinstance(raw, dict):
         raise RequestInvalid([_error("the request must be a JSON object", "BAD_REQUEST")])
     query = raw.get("query")
@@ -301,7 +370,8 @@ def _parameters(raw: Any) -> GraphQLParameters:
 
 def _formatted(error: GraphQLError) -> dict[str, Any]:
     formatted: dict[str, Any] = dict(error.formatted)
-    formatted["extensions"] = {**formatted.get("extensions", {}), "code": request_error_code(error)}
+    extensions = formatted.get("extensions") or {}
+    formatted["extensions"] = {"code": request_error_code(error), **extensions}
     return formatted
 
 
@@ -319,7 +389,7 @@ def _result_body(result: ExecutionResult) -> dict[str, Any]:
 def _respond(
     media_type: str,
     status: int,
-    body: dict[str, Any],
+    body: dict[str, Any] | list[dict[str, Any]],
     request_id: str,
     headers: Mapping[str, str] | None = None,
 ) -> Response:

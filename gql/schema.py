@@ -3,15 +3,23 @@
 from typing import Any
 
 import strawberry
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxTokensLimiter,
+    ParserCache,
+    ValidationCache,
+)
 
 from gql.errors import ErrorShaping
+from gql.limits import QueryLimits
 from gql.mutations import Mutation
 from gql.queries import Query
 from gql.subscriptions import Subscription
 
 
 class InboxSchema(strawberry.Schema):
+    query_limits: QueryLimits = QueryLimits()
+
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
         """Strawberry would log every error with its trace, expected ones included.
 
@@ -20,17 +28,24 @@ class InboxSchema(strawberry.Schema):
         """
 
 
-def build_schema() -> strawberry.Schema:
-    return InboxSchema(
+def build_schema(limits: QueryLimits | None = None) -> strawberry.Schema:
+    """The schema, with `limits` enforced on every operation it runs (websockets included)."""
+    limits = limits or QueryLimits()
+    rules = list(limits.validation_rules())
+    schema = InboxSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         extensions=[
             ErrorShaping,
+            lambda: MaxTokensLimiter(max_token_count=limits.max_tokens),
             lambda: ParserCache(maxsize=256),
+            lambda: AddValidationRules(rules),
             lambda: ValidationCache(maxsize=256),
         ],
     )
+    schema.query_limits = limits
+    return schema
 
 
 def schema_sdl() -> str:

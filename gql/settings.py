@@ -7,6 +7,8 @@ from pathlib import Path
 
 import phonenumbers
 
+from gql.limits import QueryLimits
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +34,16 @@ class Settings:
     whatsapp_app_secret: str | None = None
     whatsapp_verify_token: str | None = None
     webhook_max_body_bytes: int = 8_388_608
+    max_query_depth: int = 10
+    max_query_aliases: int = 30
+    max_query_tokens: int = 2_000
+    max_batch_operations: int = 1
+    introspection: bool = True
+    ws_max_subscriptions: int = 100
+    ws_connection_init_timeout_s: int = 10
+    # Browser origins allowed to call the API (CORS) and open websockets; same-origin pages
+    # (GraphiQL served here) are always allowed, non-browser clients send no Origin.
+    cors_allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -68,7 +80,65 @@ class Settings:
             webhook_max_body_bytes=_integer(
                 env, "WEBHOOK_MAX_BODY_BYTES", defaults.webhook_max_body_bytes, low=1024
             ),
+            max_query_depth=_integer(env, "MAX_QUERY_DEPTH", defaults.max_query_depth, low=1),
+            max_query_aliases=_integer(env, "MAX_QUERY_ALIASES", defaults.max_query_aliases, low=0),
+            max_query_tokens=_integer(env, "MAX_QUERY_TOKENS", defaults.max_query_tokens, low=100),
+            max_batch_operations=_integer(
+                env, "MAX_BATCH_OPERATIONS", defaults.max_batch_operations, low=1, high=100
+            ),
+            introspection=_boolean(env, "INTROSPECTION", defaults.introspection),
+            ws_max_subscriptions=_integer(
+                env, "WS_MAX_SUBSCRIPTIONS", defaults.ws_max_subscriptions, low=1
+            ),
+            ws_connection_init_timeout_s=_integer(
+                env,
+                "WS_CONNECTION_INIT_TIMEOUT_S",
+                defaults.ws_connection_init_timeout_s,
+                low=1,
+                high=300,
+            ),
+            cors_allowed_origins=_origins(env.get("CORS_ALLOWED_ORIGINS", "")),
         )
+
+    @property
+    def query_limits(self) -> QueryLimits:
+        return QueryLimits(
+            max_depth=self.max_query_depth,
+            max_aliases=self.max_query_aliases,
+            max_tokens=self.max_query_tokens,
+            introspection=self.introspection,
+        )
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not true or false")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """`https://app.example.com,https://admin.example.com` as exact origins, no wildcards."""
+    origins = []
+    for item in raw.split(","):
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        if (
+            origin == "*"
+            or not origin.startswith(("http://", "https://"))
+            or origin.count("/") != 2
+        ):
+            raise SettingsError(
+                f"CORS_ALLOWED_ORIGINS entry {origin!r} must be an exact origin such as "
+                "https://app.example.com (no wildcard, no path)"
+            )
+        origins.append(origin.lower())
+    return tuple(origins)
 
 
 def _integer(

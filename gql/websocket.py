@@ -120,7 +120,7 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
 
 
 def _is_subscription(schema: strawberry.Schema, query: str, operation_name: str | None) -> bool:
-    document, errors = checked_document(schema._schema, query)
+    document, errors = checked_document(schema, query)
     if errors or document is None:
         return True  # the hub reports the errors in the protocol's own way
     operation = get_operation_ast(document, operation_name)
