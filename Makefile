@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint format schema migrate clean bench-fanout
+.PHONY: install run test lint format schema migrate clean bench-fanout bench-rls
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-inbox needs Python 3.11 or later")'
@@ -46,3 +46,7 @@ clean:
 ## Live-update fan-out benchmark (1,000 and 5,000 websocket subscribers); not part of `make test`.
 bench-fanout: install
 	$(BIN)/python -m bench.fanout --subscribers 1000 5000 --messages 30
+
+## Row-level security cost on the hot reads (same data, with and without RLS, side by side).
+bench-rls: install
+	$(BIN)/python -m bench.rls --size small --repeat 300
