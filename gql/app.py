@@ -74,6 +74,7 @@ def create_app(settings: Settings) -> Starlette:
         auth_secret=auth_secret,
         connection_init_timeout=timedelta(seconds=settings.ws_connection_init_timeout_s),
         max_subscriptions_per_connection=settings.ws_max_subscriptions,
+        allowed_origins=settings.cors_allowed_origins,
     )
     whatsapp = WhatsAppWebhook(
         sessions=sessions,

@@ -121,7 +121,7 @@ def _checked_document(
     try:
         document = parse(query, max_tokens=limits.max_tokens)
     except GraphQLError as syntax_error:
-        if "tokens" in syntax_error.message and not syntax_error.message.startswith("Syntax"):
+        if "Document contains more than" in syntax_error.message:
             return None, (
                 GraphQLError(
                     f"the document has more than {limits.max_tokens} tokens (MAX_QUERY_TOKENS)",

@@ -62,26 +62,53 @@ def _depth_rule(max_depth: int) -> type[ASTValidationRule]:
 
 def _alias_rule(max_aliases: int) -> type[ASTValidationRule]:
     class MaxAliases(ASTValidationRule):
-        def __init__(self, context: ASTValidationContext) -> None:
-            super().__init__(context)
-            self.aliases = 0
-            self.reported = False
+        """Aliased fields an operation would run, a fragment counted at every spread."""
 
-        def enter_field(self, node: FieldNode, *_: Any) -> None:
-            if node.alias is None or self.reported:
-                return
-            self.aliases += 1
-            if self.aliases > max_aliases:
-                self.reported = True
+        def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+            fragments = _fragments(self.context)
+            aliases = _aliases(node.selection_set, fragments, frozenset(), {})
+            if aliases > max_aliases:
                 self.report_error(
                     GraphQLError(
-                        f"the document uses more than {max_aliases} aliases (MAX_QUERY_ALIASES)",
+                        f"the operation uses {aliases} aliased fields; at most {max_aliases} "
+                        "are allowed (MAX_QUERY_ALIASES)",
                         node,
                         extensions={"code": QUERY_TOO_COMPLEX},
                     )
                 )
 
     return MaxAliases
+
+
+def _aliases(
+    selection_set: SelectionSetNode | None,
+    fragments: dict[str, FragmentDefinitionNode],
+    visiting: Collection[str],
+    per_fragment: dict[str, int],
+) -> int:
+    if selection_set is None:
+        return 0
+    total = 0
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            total += (selection.alias is not None) + _aliases(
+                selection.selection_set, fragments, visiting, per_fragment
+            )
+        elif isinstance(selection, InlineFragmentNode):
+            total += _aliases(selection.selection_set, fragments, visiting, per_fragment)
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            fragment = fragments.get(name)
+            if fragment is None or name in visiting:
+                continue
+            if name not in per_fragment:
+                # Counted once per fragment, then multiplied by its spreads: nested spreads
+                # cannot make the count itself exponential.
+                per_fragment[name] = _aliases(
+                    fragment.selection_set, fragments, {*visiting, name}, per_fragment
+                )
+            total += per_fragment[name]
+    return total
 
 
 def _fragments(context: ASTValidationContext) -> dict[str, FragmentDefinitionNode]:

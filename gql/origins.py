@@ -1,8 +1,9 @@
 """Which browser origins may use the API: CORS for HTTP, the same list for websockets.
 
-Browsers attach cookies to cross-site websocket handshakes and no CORS preflight guards them,
-so Strawberry and Starlette would accept a hijacked socket; this guard refuses the handshake
-(HTTP 403) unless the page's Origin is on the allow-list or is this server itself. Clients that
+Browsers attach cookies to cross-site websocket handshakes and no CORS preflight guards them.
+Starlette checks no Origin, and Strawberry only since 0.341 (given the same list as
+`allowed_origins`); this guard refuses the handshake (HTTP 403) in front of both, unless the
+page's Origin is on the allow-list or is this server itself. Clients that
 are not browsers send no Origin and are judged by their bearer token alone. Credentials travel
 only as bearer tokens, never cookies, so an allowed origin gains nothing it could not ask for.
 """

@@ -67,12 +67,16 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         auth_secret: str,
         connection_init_timeout: timedelta = timedelta(seconds=10),
         max_subscriptions_per_connection: int = 100,
+        allowed_origins: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
             schema,
             graphql_ide=None,
             connection_init_wait_timeout=connection_init_timeout,
             max_subscriptions_per_connection=max_subscriptions_per_connection,
+            # Strawberry refuses cross-origin handshakes itself unless they are listed here;
+            # gql/origins.py applies the same list in front of it, whatever Strawberry does.
+            allowed_origins=allowed_origins,
         )
         self.hub = hub
         self.auth_secret = auth_secret
@@ -225,6 +229,19 @@ class LegacyWSHandler(_OutboxHandler, BaseGraphQLWSHandler[SocketContext, None])
     """The legacy `graphql-ws` subprotocol (subscriptions-transport-ws)."""
 
     protocol = LEGACY_WS
+
+    async def handle(self) -> None:
+        # Strawberry bounds the wait for connection_init on graphql-transport-ws only.
+        deadline = asyncio.create_task(self._close_unless_acknowledged())
+        try:
+            await super().handle()
+        finally:
+            deadline.cancel()
+
+    async def _close_unless_acknowledged(self) -> None:
+        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
+        if not self.connection_acknowledged:
+            await self.websocket.close(code=4408, reason="Connection initialisation timeout")
 
     async def handle_connection_init(self, message: Any) -> None:
         if self.connection_acknowledged:
