@@ -16,6 +16,7 @@ from domain.metrics import InboxMetrics
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint
+from gql.log_redaction import install_log_redaction
 from gql.origins import WebSocketOriginGuard
 from gql.schema import build_schema
 from gql.settings import Settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings) -> Starlette:
         raise ValueError(
             "create_app needs settings.database_url (see gql.__main__ for the embedded default)"
         )
+    install_log_redaction()
     auth_secret = settings.auth_secret
     if auth_secret is None:
         auth_secret = development_secret()
