@@ -6,6 +6,7 @@ from domain.errors import BadInput
 from domain.storable_text import is_storable
 
 _MAX_INPUT_LENGTH = 64
+_MAX_E164_LENGTH = 16  # "+" and at most 15 digits (ITU-T E.164)
 
 
 def normalize_phone(raw: str, default_region: str) -> str:
@@ -35,9 +36,25 @@ def normalize_phone(raw: str, default_region: str) -> str:
     if not possible:
         raise BadInput(f"phone {raw!r} is not a possible phone number")
     chosen = next((n for n in possible if phonenumbers.is_valid_number(n)), possible[0])
-    return _with_brazilian_ninth_digit(
+    e164 = _with_brazilian_ninth_digit(
         phonenumbers.format_number(chosen, phonenumbers.PhoneNumberFormat.E164)
     )
+    if len(e164) > _MAX_E164_LENGTH or not _reads_back_as_itself(e164):
+        raise BadInput(f"phone {raw!r} is not a possible phone number")
+    return e164
+
+
+def _reads_back_as_itself(e164: str) -> bool:
+    """Whether the E.164 form parses to itself: a key must name the same number next time.
+
+    phonenumbers drops a national prefix after the country code on each parse, so a few
+    impossible inputs ("+4900000") would otherwise shrink every time they are normalized.
+    """
+    try:
+        again = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.format_number(again, phonenumbers.PhoneNumberFormat.E164) == e164
 
 
 def _with_brazilian_ninth_digit(e164: str) -> str:

@@ -7,6 +7,7 @@ reason, and the others are stored. Message types this module does not know are k
 type and raw JSON, never dropped.
 """
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,9 +61,10 @@ class WebhookDelivery:
 
     @property
     def phone_number_ids(self) -> set[str]:
-        return {part.phone_number_id for part in self.messages} | {
-            part.phone_number_id for part in self.statuses
-        }
+        numbers = {part.phone_number_id for part in self.messages}
+        numbers |= {part.phone_number_id for part in self.statuses}
+        # Rejected parts are recorded for the business owning their number.
+        return numbers | {part.phone_number_id for part in self.rejected if part.phone_number_id}
 
 
 class _UnreadablePart(Exception):
@@ -104,7 +106,11 @@ def _changes(payload: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
 def _read_messages_value(value: Mapping[str, Any], delivery: WebhookDelivery) -> None:
     metadata = value.get("metadata")
     phone_number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
-    if not isinstance(phone_number_id, str) or not phone_number_id.strip():
+    if (
+        not isinstance(phone_number_id, str)
+        or not phone_number_id.strip()
+        or not is_storable(phone_number_id)
+    ):
         raise MalformedDelivery('every "messages" change names its "metadata.phone_number_id"')
     phone_number_id = phone_number_id.strip()[:64]
     messages = value.get("messages", [])
@@ -144,11 +150,14 @@ def _contact_names(contacts: list[Any]) -> dict[str, _Contact]:
             continue
         profile = raw.get("profile")
         name = profile.get("name") if isinstance(profile, dict) else None
-        contact = _Contact(
-            name=name if isinstance(name, str) and is_storable(name) else None,
-            wa_id=_optional_string(raw, "wa_id"),
-            user_id=_optional_string(raw, "user_id"),
-        )
+        try:
+            contact = _Contact(
+                name=name if isinstance(name, str) and is_storable(name) else None,
+                wa_id=_optional_string(raw, "wa_id"),
+                user_id=_optional_string(raw, "user_id"),
+            )
+        except _UnreadablePart:
+            continue  # a contact entry only adds a name; the message itself names its sender
         for key in (contact.wa_id, contact.user_id):
             if key:
                 found[key] = contact
@@ -300,16 +309,21 @@ def _optional_string(raw: Mapping[str, Any], key: str) -> str | None:
 
 
 def _require_storable_json(raw: Any) -> None:
-    """PostgreSQL's jsonb refuses NUL characters and lone surrogates anywhere in the document."""
-    if _first_unstorable_string(raw) is not None:
-        raise _UnreadablePart("the message holds text that is not UTF-8 or contains NUL")
+    """PostgreSQL's jsonb refuses NUL characters, lone surrogates and non-finite numbers."""
+    if _first_unstorable_value(raw) is not None:
+        raise _UnreadablePart(
+            "the message holds text that is not UTF-8, contains NUL, or a number jsonb cannot hold"
+        )
 
 
-def _first_unstorable_string(value: Any) -> str | None:
+def _first_unstorable_value(value: Any) -> object | None:
     pending = [value]
     while pending:
         current = pending.pop()
-        if isinstance(current, str):
+        if isinstance(current, float):
+            if not math.isfinite(current):
+                return current
+        elif isinstance(current, str):
             if not is_storable(current):
                 return current
         elif isinstance(current, dict):
@@ -324,7 +338,7 @@ def _rejected(phone_number_id: str, raw: Any, reason: Exception) -> RejectedPart
     provider_message_id = None
     if isinstance(raw, dict) and isinstance(raw.get("id"), str) and is_storable(raw["id"]):
         provider_message_id = raw["id"][:MAX_PROVIDER_MESSAGE_ID_LENGTH]
-    storable = _first_unstorable_string(raw) is None
+    storable = _first_unstorable_value(raw) is None
     return RejectedPart(
         phone_number_id=phone_number_id,
         provider_message_id=provider_message_id,

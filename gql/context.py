@@ -29,9 +29,15 @@ class RequestReads:
         self._business_id = business_id
         self._session: AsyncSession | None = None
         self._lock = asyncio.Lock()
+        self._finished = False
 
     async def run(self, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
         async with self._lock:
+            if self._finished:
+                # A resolver that outlived its request (a sibling field failed and execution
+                # returned early): its result is discarded, and it must not open a session
+                # that nobody would close.
+                raise RequestFinished
             if self._session is None:
                 session = self._sessions()
                 try:
@@ -42,10 +48,21 @@ class RequestReads:
                 self._session = session
             return await read(self._session)
 
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+    async def close(self, *, final: bool = False) -> None:
+        """Give the connection back; `final` at the end of the request (no reads after it).
+
+        Waits for a read in progress: closing a session under a running statement would break
+        the connection it is using.
+        """
+        async with self._lock:
+            self._finished = self._finished or final
+            if self._session is not None:
+                session, self._session = self._session, None
+                await session.close()
+
+
+class RequestFinished(Exception):
+    """A read was asked for after its request had ended."""
 
 
 @dataclass

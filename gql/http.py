@@ -285,7 +285,7 @@ class GraphQLEndpoint:
                 operation_name=parameters.operation_name,
             )
         finally:
-            await context.reads.close()
+            await context.reads.close(final=True)
         return _result_body(result)
 
     async def _read_raw_parameters(self, request: Request) -> Any:

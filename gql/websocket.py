@@ -116,7 +116,7 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
                 operation_name=operation_name,
             )
         finally:
-            await request_context.reads.close()
+            await request_context.reads.close(final=True)
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [error.formatted for error in result.errors]
