@@ -24,3 +24,12 @@ def start_embedded_postgres(data_dir: Path, database: str = DATABASE_NAME) -> st
     url: str = server.get_uri(database)
     log.info("embedded PostgreSQL running with its data in %s", data_dir)
     return url
+
+
+def stop_embedded_postgres(data_dir: Path) -> None:
+    """Stop the embedded cluster in `data_dir` now, if this process started or joined it."""
+    from pgserver.postgres_server import PostgresServer
+
+    server = PostgresServer._instances.get(data_dir.expanduser().resolve())
+    if server is not None:
+        server.cleanup()

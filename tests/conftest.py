@@ -3,6 +3,8 @@ database per test (cloned from a migrated template), the app, tokens and a Graph
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from sqlalchemy import event
 from starlette.applications import Starlette
 
-from db.embedded import start_embedded_postgres
+from db.embedded import start_embedded_postgres, stop_embedded_postgres
 from db.engine import to_async_url
 from db.migrations import upgrade_to_head
 from domain.access import Role
@@ -39,12 +41,23 @@ def asyncpg_dsn(url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A server where tests may create databases: TEST_DATABASE_URL, else an embedded one."""
+def postgres_url() -> Iterator[str]:
+    """A server where tests may create databases: TEST_DATABASE_URL, else an embedded one.
+
+    The embedded cluster lives outside pytest's temporary directories: pytest deletes all
+    but its newest few, and another pytest session on the machine must not remove a cluster
+    that is still serving this one.
+    """
     configured = os.environ.get("TEST_DATABASE_URL")
     if configured:
-        return configured
-    return start_embedded_postgres(tmp_path_factory.mktemp("pgdata"), database="postgres")
+        yield configured
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="wa-inbox-test-")) / "pgdata"
+    try:
+        yield start_embedded_postgres(data_dir, database="postgres")
+    finally:
+        stop_embedded_postgres(data_dir)
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
 async def admin_execute(postgres_url: str, *statements: str) -> None:
