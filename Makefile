@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint format schema migrate clean bench-fanout bench-rls
+.PHONY: install run test lint format schema migrate clean bench bench-fanout bench-rls
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-inbox needs Python 3.11 or later")'
@@ -42,6 +42,11 @@ schema: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## Benchmark suite (issue 7): reads, ingest and growth at small and large, side by side with
+## their floors; prints a table, writes bench-results/suite.json and docs/bench-suite.png.
+bench: install
+	$(BIN)/python -m bench.suite --sizes small large --repeat 200
 
 ## Live-update fan-out benchmark (1,000 and 5,000 websocket subscribers); not part of `make test`.
 bench-fanout: install

@@ -7,7 +7,8 @@
 The same seed gives the same rows. Threads get a realistic mix: about a third read up to
 their end, the rest with a read point somewhere inside; messages alternate customer and bot
 turns, 2% historical, 1% deleted. Unread state is written as the application keeps it
-(per-thread `message_seq` / `read_seq`), so the server sees exactly what ingest would build.
+(per-thread `message_seq` / `read_seq`, unread counters per thread and per business shard),
+so the server sees exactly what ingest would build.
 """
 
 import random
@@ -73,6 +74,28 @@ _MESSAGE_COLUMNS = (
     "historical",
     "message_type",
 )
+
+
+# The counters the application keeps as it writes, computed once for rows loaded by COPY
+# (the same statements as migration 0004's backfill).
+REBUILD_UNREAD_COUNTERS = """
+UPDATE whatsapp_conversation c
+SET unread_count = counted.unread
+FROM (
+    SELECT m.conversation_id, count(*) AS unread
+    FROM whatsapp_message m
+    JOIN whatsapp_conversation c2 ON c2.id = m.conversation_id
+    WHERE m.direction = 'in' AND NOT m.historical AND m.status <> 'deleted'
+      AND m.seq > c2.read_seq
+    GROUP BY m.conversation_id
+) counted
+WHERE counted.conversation_id = c.id;
+DELETE FROM whatsapp_business_unread;
+INSERT INTO whatsapp_business_unread (business_id, shard, unread)
+SELECT business_id, (id % 16)::smallint, sum(unread_count)
+FROM whatsapp_conversation
+GROUP BY business_id, (id % 16);
+"""
 
 
 class _Ids:
@@ -215,6 +238,7 @@ async def load(
     await connection.execute(
         "SELECT setval(pg_get_serial_sequence('whatsapp_message', 'id'), $1)", ids.message
     )
+    await connection.execute(REBUILD_UNREAD_COUNTERS)
     await connection.execute("ANALYZE whatsapp_conversation")
     await connection.execute("ANALYZE whatsapp_message")
     return LoadedDataset(size, BUSINESS_ID, rows_by_business, long_thread_id)

@@ -39,6 +39,8 @@ from db.errors import (
 )
 from db.tables import (
     CONFLICT_TARGETS,
+    UNREAD_SHARDS,
+    business_unread,
     channels,
     conversation_aliases,
     conversations,
@@ -90,6 +92,7 @@ def _new_conversation(
     lead_id: str | None,
     message_at: datetime,
     contact: ContactDetails,
+    unread_delta: int = 0,
 ) -> dict[str, Any]:
     """A conversation row as its first message creates it (that message takes seq 1)."""
     return {
@@ -101,6 +104,7 @@ def _new_conversation(
         "started_at": message_at,
         "last_message_at": message_at,
         "message_seq": 1,
+        "unread_count": unread_delta,
         "contact_name": contact.name,
         "wa_user_id": contact.wa_user_id,
     }
@@ -116,6 +120,7 @@ async def upsert_conversation(
     message_at: datetime,
     reopen: bool,
     contact: ContactDetails = NO_CONTACT_DETAILS,
+    unread_delta: int = 0,
 ) -> RowMapping:
     """Create the conversation or touch it, in one statement; takes the next message seq.
 
@@ -124,12 +129,15 @@ async def upsert_conversation(
     """
     existing = conversations
     proposed = insert(conversations).values(
-        _new_conversation(business_id, canonical_key, phone_e164, lead_id, message_at, contact)
+        _new_conversation(
+            business_id, canonical_key, phone_e164, lead_id, message_at, contact, unread_delta
+        )
     )
     statement = proposed.on_conflict_do_update(
         index_elements=[conversations.c.business_id, conversations.c.canonical_key],
         set_={
             "message_seq": existing.c.message_seq + 1,
+            "unread_count": existing.c.unread_count + unread_delta,
             "started_at": func.least(existing.c.started_at, proposed.excluded.started_at),
             "last_message_at": func.greatest(
                 existing.c.last_message_at, proposed.excluded.last_message_at
@@ -158,6 +166,7 @@ async def upsert_conversation_serialized(
     message_at: datetime,
     reopen: bool,
     contact: ContactDetails = NO_CONTACT_DETAILS,
+    unread_delta: int = 0,
 ) -> RowMapping:
     """The same effect as `upsert_conversation` without relying on the unique constraint.
 
@@ -188,7 +197,13 @@ async def upsert_conversation_serialized(
             insert(conversations)
             .values(
                 _new_conversation(
-                    business_id, canonical_key, phone_e164, lead_id, message_at, contact
+                    business_id,
+                    canonical_key,
+                    phone_e164,
+                    lead_id,
+                    message_at,
+                    contact,
+                    unread_delta,
                 )
             )
             .returning(*conversations.c)
@@ -201,6 +216,7 @@ async def upsert_conversation_serialized(
         message_at=message_at,
         reopen=reopen,
         contact=contact,
+        unread_delta=unread_delta,
     )
     assert touched is not None  # locked above
     return touched
@@ -214,6 +230,7 @@ async def touch_conversation(
     message_at: datetime,
     reopen: bool,
     contact: ContactDetails = NO_CONTACT_DETAILS,
+    unread_delta: int = 0,
 ) -> RowMapping | None:
     """What `upsert_conversation` does to an existing conversation, found by id."""
     touched = await session.execute(
@@ -221,6 +238,7 @@ async def touch_conversation(
         .where(conversations.c.id == conversation_id)
         .values(
             message_seq=conversations.c.message_seq + 1,
+            unread_count=conversations.c.unread_count + unread_delta,
             started_at=func.least(conversations.c.started_at, message_at),
             last_message_at=func.greatest(conversations.c.last_message_at, message_at),
             phone_e164=func.coalesce(phone_e164, conversations.c.phone_e164),
@@ -287,13 +305,120 @@ async def mark_conversation_read(
     Runs under the conversation's row lock: an ingest that touched the thread first is
     waited for and counted as read, one that comes after gets a higher seq and stays unread.
     """
+    before = (
+        select(conversations.c.id, conversations.c.unread_count.label("cleared"))
+        .where(conversations.c.id == conversation_id, conversations.c.business_id == business_id)
+        .with_for_update()
+        .cte("before")
+    )
     result = await session.execute(
         update(conversations)
-        .where(conversations.c.id == conversation_id, conversations.c.business_id == business_id)
+        .where(conversations.c.id == before.c.id)
         .values(
             read_seq=func.greatest(conversations.c.read_seq, conversations.c.message_seq),
             last_read_at=func.greatest(conversations.c.last_read_at, func.clock_timestamp()),
+            # Everything stored so far is now at or below the read point.
+            unread_count=0,
         )
+        .returning(*conversations.c, before.c.cleared)
+    )
+    row = result.mappings().one_or_none()
+    if row is not None and row["cleared"]:
+        await add_business_unread(session, business_id, conversation_id, -row["cleared"])
+    return row
+
+
+async def add_business_unread(
+    session: AsyncSession, business_id: int, conversation_id: int, delta: int
+) -> None:
+    """Move the business's unread total by `delta`, on the shard row of this thread."""
+    if delta == 0:
+        return
+    shard = conversation_id % UNREAD_SHARDS
+    if delta < 0:
+        # What is taken away was added before, so the row exists (and an INSERT would check
+        # its CHECK (unread >= 0) against the negative proposal before seeing the conflict).
+        await session.execute(
+            update(business_unread)
+            .where(business_unread.c.business_id == business_id, business_unread.c.shard == shard)
+            .values(unread=business_unread.c.unread + delta)
+        )
+        return
+    proposed = insert(business_unread).values(business_id=business_id, shard=shard, unread=delta)
+    await session.execute(
+        proposed.on_conflict_do_update(
+            index_elements=[business_unread.c.business_id, business_unread.c.shard],
+            set_={"unread": business_unread.c.unread + proposed.excluded.unread},
+        )
+    )
+
+
+async def delete_message(
+    session: AsyncSession, business_id: int, message_id: int
+) -> tuple[RowMapping, bool] | None:
+    """Mark a message deleted; returns it and whether it was counted unread (None: not found).
+
+    The thread's row is locked first, as every writer of the thread does, so the unread rule
+    is read and the counters changed without a concurrent ingest or markRead in between.
+    """
+    target = (
+        await session.execute(
+            select(messages.c.conversation_id).where(
+                messages.c.id == message_id, messages.c.business_id == business_id
+            )
+        )
+    ).scalar_one_or_none()
+    if target is None:
+        return None
+    thread = (
+        await session.execute(
+            select(conversations.c.read_seq).where(conversations.c.id == target).with_for_update()
+        )
+    ).one()
+    before = (
+        (
+            await session.execute(
+                select(messages).where(messages.c.id == message_id).with_for_update()
+            )
+        )
+        .mappings()
+        .one()
+    )
+    was_unread = (
+        before["direction"] == "in"
+        and not before["historical"]
+        and before["status"] != "deleted"
+        and before["seq"] > thread.read_seq
+    )
+    deleted = (
+        (
+            await session.execute(
+                update(messages)
+                .where(messages.c.id == message_id)
+                .values(status="deleted")
+                .returning(*messages.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
+    if was_unread:
+        await session.execute(
+            update(conversations)
+            .where(conversations.c.id == target)
+            .values(unread_count=conversations.c.unread_count - 1)
+        )
+        await add_business_unread(session, business_id, target, -1)
+    return deleted, was_unread
+
+
+async def set_conversation_status(
+    session: AsyncSession, business_id: int, conversation_id: int, status: str
+) -> RowMapping | None:
+    result = await session.execute(
+        update(conversations)
+        .where(conversations.c.id == conversation_id, conversations.c.business_id == business_id)
+        .values(status=status)
         .returning(*conversations.c)
     )
     return result.mappings().one_or_none()
@@ -407,12 +532,24 @@ async def merge_conversations(
     )
     await session.execute(delete(conversations).where(conversations.c.id == absorbed_id))
     await save_alias(session, business_id, absorbed["canonical_key"], survivor_id)
+    unread_after_merge = (
+        select(func.count(messages.c.id))
+        .where(
+            messages.c.conversation_id == survivor_id,
+            messages.c.direction == "in",
+            messages.c.historical.is_(False),
+            messages.c.status != "deleted",
+            messages.c.seq > counted.read_count,
+        )
+        .scalar_subquery()
+    )
     merged = await session.execute(
         update(conversations)
         .where(conversations.c.id == survivor_id)
         .values(
             message_seq=counted.message_count,
             read_seq=counted.read_count,
+            unread_count=unread_after_merge,
             started_at=min(survivor["started_at"], absorbed["started_at"]),
             last_message_at=max(survivor["last_message_at"], absorbed["last_message_at"]),
             last_read_at=max(
@@ -426,7 +563,13 @@ async def merge_conversations(
         )
         .returning(*conversations.c)
     )
-    return merged.mappings().one()
+    merged_row = merged.mappings().one()
+    # Both threads' counts left their shards; the merged thread's count enters its own.
+    await add_business_unread(session, business_id, absorbed_id, -absorbed["unread_count"])
+    await add_business_unread(
+        session, business_id, survivor_id, merged_row["unread_count"] - survivor["unread_count"]
+    )
+    return merged_row
 
 
 # --- outbound delivery statuses ---------------------------------------------------------------
@@ -702,21 +845,28 @@ async def conversations_by_ids(
 async def unread_counts(
     session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
 ) -> dict[int, int]:
-    """Unread messages per conversation, in one statement; absent ids have none."""
+    """Unread messages per conversation (its counter), in one statement; absent ids have none."""
     result = await session.execute(
-        select(conversations.c.id, func.count(messages.c.id))
-        .join(messages, messages.c.conversation_id == conversations.c.id)
-        .where(
+        select(conversations.c.id, conversations.c.unread_count).where(
             conversations.c.business_id == business_id,
             conversations.c.id.in_(conversation_ids),
-            counts_as_unread(),
         )
-        .group_by(conversations.c.id)
     )
     return {conversation_id: count for conversation_id, count in result.all()}
 
 
 async def total_unread(session: AsyncSession, business_id: int) -> int:
+    """The business's unread total: the sum of its shard rows, whatever the history's size."""
+    result = await session.execute(
+        select(func.coalesce(func.sum(business_unread.c.unread), 0)).where(
+            business_unread.c.business_id == business_id
+        )
+    )
+    return int(result.scalar_one())
+
+
+async def total_unread_by_definition(session: AsyncSession, business_id: int) -> int:
+    """The unread total counted from the messages themselves (what the counters must equal)."""
     result = await session.execute(
         select(func.count(messages.c.id))
         .select_from(conversations)
@@ -763,11 +913,7 @@ async def page_conversations(
             tuple_(conversations.c.last_message_at, conversations.c.id) < tuple_(after_at, after_id)
         )
     if unread_only:
-        statement = statement.where(
-            select(messages.c.id)
-            .where(messages.c.conversation_id == conversations.c.id, counts_as_unread())
-            .exists()
-        )
+        statement = statement.where(conversations.c.unread_count > 0)
     statement = statement.order_by(
         conversations.c.last_message_at.desc(), conversations.c.id.desc()
     ).limit(limit)

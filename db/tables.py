@@ -12,6 +12,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -45,6 +46,8 @@ conversations = Table(
     # race a markRead (timestamps taken in two transactions cannot promise that).
     Column("message_seq", BigInteger, nullable=False, server_default="0"),
     Column("read_seq", BigInteger, nullable=False, server_default="0"),
+    # Unread messages of the thread, changed in the transaction that changes them.
+    Column("unread_count", BigInteger, nullable=False, server_default="0"),
     Column("contact_name", Text),
     # WhatsApp's business-scoped user id (BSUID) of the customer, once a webhook carried it.
     Column("wa_user_id", String(128)),
@@ -105,6 +108,20 @@ messages = Table(
         "seq",
         postgresql_where=text("direction = 'in' AND NOT historical AND status <> 'deleted'"),
     ),
+)
+
+UNREAD_SHARDS = 16
+
+# The business's unread total, split over UNREAD_SHARDS rows (a thread's shard: its id modulo
+# UNREAD_SHARDS) so that concurrent writers of one business seldom wait on the same row.
+business_unread = Table(
+    "whatsapp_business_unread",
+    metadata,
+    Column("business_id", BigInteger, nullable=False),
+    Column("shard", SmallInteger, nullable=False),
+    Column("unread", BigInteger, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("business_id", "shard", name="pk_wa_business_unread"),
+    CheckConstraint("unread >= 0", name="ck_wa_business_unread"),
 )
 
 # Other names of a conversation: a customer known by phone and by WhatsApp user id has one
@@ -174,6 +191,7 @@ CONFLICT_TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (CHANNEL_PHONE_NUMBER_ID_CONSTRAINT, "whatsapp_channel", ("phone_number_id",)),
     ("pk_wa_conv_alias", "whatsapp_conversation_alias", ("business_id", "alias_key")),
     ("pk_wa_pending_status", "whatsapp_pending_status", ("business_id", "provider_message_id")),
+    ("pk_wa_business_unread", "whatsapp_business_unread", ("business_id", "shard")),
 )
 
 __all__ = [
@@ -181,6 +199,8 @@ __all__ = [
     "CONFLICT_TARGETS",
     "CONVERSATION_KEY_CONSTRAINT",
     "MESSAGE_PROVIDER_ID_CONSTRAINT",
+    "UNREAD_SHARDS",
+    "business_unread",
     "channels",
     "conversation_aliases",
     "conversations",

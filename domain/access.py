@@ -1,6 +1,7 @@
 """Who may do what within a business: the roles a token can carry and what each allows.
 
-- agent (the default, least privilege): read threads, mark them read, record HUMAN messages.
+- agent (the default, least privilege): read threads, mark them read, record HUMAN messages,
+  delete messages, close and reopen threads.
 - service (bots and automations): read threads and ingest messages of any source.
 - admin: everything of its business, including its WhatsApp channels.
 """
@@ -30,6 +31,12 @@ def require_may_ingest(role: Role, source: Source) -> None:
 def require_may_mark_read(role: Role) -> None:
     if role is Role.SERVICE:
         raise Forbidden("marking threads read is for agents and admins")
+
+
+def require_may_change_threads(role: Role) -> None:
+    """Deleting messages and closing or reopening threads: agents' and admins' work."""
+    if role is Role.SERVICE:
+        raise Forbidden("deleting messages and changing thread status is for agents and admins")
 
 
 def require_may_manage_channels(role: Role) -> None:

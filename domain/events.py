@@ -21,7 +21,8 @@ class MessageStored:
 
 @dataclass(frozen=True)
 class ThreadRead:
-    """A thread's read point moved."""
+    """A thread's unread count changed without a new message: its read point moved, or an
+    unread message was deleted."""
 
     business_id: int
     thread_id: int

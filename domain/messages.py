@@ -83,6 +83,7 @@ class _CheckedMessage:
     historical: bool
     user_key: str | None
     contact: statements.ContactDetails
+    counts_unread: bool  # inbound and not historical: the unread counters move
     message_type: str
     media_id: str | None
     provider_payload: Any
@@ -154,6 +155,7 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
             name=_checked_text(incoming.contact_name, "contact name", MAX_CONTACT_NAME_LENGTH),
             wa_user_id=wa_user_id,
         ),
+        counts_unread=incoming.direction is Direction.INBOUND and not incoming.historical,
         message_type=message_type,
         media_id=_checked_text(incoming.media_id, "media id", MAX_MEDIA_ID_LENGTH),
         provider_payload=incoming.provider_payload,
@@ -271,7 +273,7 @@ async def _store(
     if tracks_status:
         assert message.provider_message_id is not None
         await statements.lock_provider_id(session, message.business_id, message.provider_message_id)
-    conversation = await _thread_for(session, message, serialized=serialized)
+    conversation, absorbed_ids = await _thread_for(session, message, serialized=serialized)
     insert = statements.insert_message_serialized if serialized else statements.insert_message
     row = await insert(
         session,
@@ -293,23 +295,41 @@ async def _store(
         row = await _apply_pending_status(session, row)
     if row is None:
         raise _ProviderIdTaken
+    if message.counts_unread:
+        await statements.add_business_unread(session, message.business_id, conversation["id"], 1)
+    for absorbed_id in sorted(absorbed_ids):
+        # After the insert, so the merged thread's counts include the new message.
+        conversation = await statements.merge_conversations(
+            session, message.business_id, conversation["id"], absorbed_id
+        )
+        log.warning(
+            "[WA-SESSION] merged thread_id=%s into thread_id=%s for business_id=%s: "
+            "%s and %s are one customer",
+            absorbed_id,
+            conversation["id"],
+            message.business_id,
+            message.user_key,
+            message.canonical_key,
+        )
     stored = Message.from_row(row)
     event = MessageStored(
         message.business_id,
         stored.thread_id,
         stored.id,
-        changes_unread=stored.direction is Direction.INBOUND and not stored.historical,
+        changes_unread=message.counts_unread,
     )
     return IngestOutcome(stored, Thread.from_row(conversation), duplicate=False, event=event)
 
 
 async def _thread_for(
     session: AsyncSession, message: _CheckedMessage, *, serialized: bool
-) -> RowMapping:
-    """The customer's conversation, created or touched, with the new message's seq taken."""
+) -> tuple[RowMapping, list[int]]:
+    """The customer's conversation, created or touched, with the new message's seq taken;
+    and the other threads of the same customer, to merge into it once the message is in."""
     upsert = (
         statements.upsert_conversation_serialized if serialized else statements.upsert_conversation
     )
+    unread_delta = 1 if message.counts_unread else 0
 
     async def touch(key: str, phone_e164: str | None) -> RowMapping:
         return await upsert(
@@ -321,10 +341,11 @@ async def _thread_for(
             message_at=message.sent_at,
             reopen=message.direction is Direction.INBOUND and not message.historical,
             contact=message.contact,
+            unread_delta=unread_delta,
         )
 
     if message.user_key is None:
-        return await touch(message.canonical_key, message.phone_e164)
+        return await touch(message.canonical_key, message.phone_e164), []
 
     # Every writer of one user id queues here, so linking its threads cannot race.
     await statements.lock_identity(session, message.business_id, message.user_key)
@@ -338,10 +359,11 @@ async def _thread_for(
                 message_at=message.sent_at,
                 reopen=message.direction is Direction.INBOUND and not message.historical,
                 contact=message.contact,
+                unread_delta=unread_delta,
             )
             if touched is not None:
-                return touched
-        return await touch(message.user_key, None)
+                return touched, []
+        return await touch(message.user_key, None), []
 
     others: set[int] = set()
     if aliased_id is not None:
@@ -354,33 +376,9 @@ async def _thread_for(
             others.add(user_thread["id"])
     thread = await touch(message.canonical_key, message.phone_e164)
     others.discard(thread["id"])
-    for absorbed_id in sorted(others):
-        await statements.merge_conversations(
-            session, message.business_id, thread["id"], absorbed_id
-        )
-        log.warning(
-            "[WA-SESSION] merged thread_id=%s into thread_id=%s for business_id=%s: "
-            "%s and %s are one customer",
-            absorbed_id,
-            thread["id"],
-            message.business_id,
-            message.user_key,
-            message.canonical_key,
-        )
-    if others:
-        # The merge renumbered the thread's messages; take the new message's seq again.
-        retouched = await statements.touch_conversation(
-            session,
-            thread["id"],
-            phone_e164=message.phone_e164,
-            message_at=message.sent_at,
-            reopen=False,
-        )
-        assert retouched is not None  # locked by this transaction
-        thread = retouched
     if aliased_id != thread["id"]:
         await statements.save_alias(session, message.business_id, message.user_key, thread["id"])
-    return thread
+    return thread, sorted(others)
 
 
 async def _apply_pending_status(session: AsyncSession, row: RowMapping) -> RowMapping:

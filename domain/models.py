@@ -58,6 +58,7 @@ class Thread:
     last_read_at: datetime | None
     contact_name: str | None = None
     wa_user_id: str | None = None
+    unread_count: int = 0
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Thread":
@@ -73,6 +74,7 @@ class Thread:
             last_read_at=row["last_read_at"],
             contact_name=row["contact_name"],
             wa_user_id=row["wa_user_id"],
+            unread_count=row["unread_count"],
         )
 
 

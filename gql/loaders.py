@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
-from domain import read_state, threads
+from domain import threads
 from domain.models import Message, Thread
 
 T = TypeVar("T")
@@ -19,14 +19,9 @@ class Loaders:
             found = await run_read(lambda s: threads.threads_by_ids(s, business_id, ids))
             return [found.get(thread_id) for thread_id in ids]
 
-        async def load_unread_counts(ids: Sequence[int]) -> list[int]:
-            counts = await run_read(lambda s: read_state.unread_counts(s, business_id, ids))
-            return [counts[thread_id] for thread_id in ids]
-
         async def load_last_messages(ids: Sequence[int]) -> list[Message | None]:
             found = await run_read(lambda s: threads.latest_messages(s, business_id, ids))
             return [found.get(thread_id) for thread_id in ids]
 
         self.thread = DataLoader(load_fn=load_threads)
-        self.unread_count = DataLoader(load_fn=load_unread_counts)
         self.last_message = DataLoader(load_fn=load_last_messages)

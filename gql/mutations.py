@@ -4,16 +4,17 @@ import strawberry
 from strawberry import UNSET
 from strawberry.types import Info
 
-from domain import access, channels
+from domain import access, channels, models, thread_changes
 from domain.messages import IncomingMessage, ingest_message
 from domain.read_state import mark_thread_read
-from gql.arguments import given, parse_optional_row_id
+from gql.arguments import given, parse_optional_row_id, parse_row_id
 from gql.context import Context
 from gql.types import (
     IngestMessageInput,
     IngestMessageResult,
     MarkReadResult,
     MessageType,
+    ThreadStatus,
     ThreadType,
     WhatsAppChannelType,
 )
@@ -125,3 +126,35 @@ class Mutation:
             context.sessions, context.business_id, phone_number_id
         )
         return WhatsAppChannelType.from_domain(channel)
+
+    @strawberry.mutation(
+        description=(
+            "Delete a message: it stays in its thread with status DELETED and is never "
+            "counted unread."
+        )
+    )
+    async def delete_message(self, info: Info[Context, None], id: strawberry.ID) -> MessageType:
+        context = info.context
+        access.require_may_change_threads(context.role)
+        message_id = parse_row_id(id, "id")
+        await context.reads.close()
+        deleted = await thread_changes.delete_message(
+            context.sessions, context.business_id, message_id
+        )
+        context.publish(deleted.event)
+        context.forget_loaded()
+        return MessageType.from_domain(deleted.message)
+
+    @strawberry.mutation(description="Close or reopen a thread (an inbound message reopens it).")
+    async def set_thread_status(
+        self, info: Info[Context, None], thread_id: strawberry.ID, status: ThreadStatus
+    ) -> ThreadType:
+        context = info.context
+        access.require_may_change_threads(context.role)
+        target = parse_row_id(thread_id, "threadId")
+        await context.reads.close()
+        thread = await thread_changes.set_thread_status(
+            context.sessions, context.business_id, target, models.ThreadStatus[status.name]
+        )
+        context.forget_loaded()
+        return ThreadType.from_domain(thread)

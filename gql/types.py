@@ -172,11 +172,12 @@ class ThreadType:
         description="WhatsApp's business-scoped user id (BSUID) of the customer, once known."
     )
     row_id: strawberry.Private[int]
+    row_unread_count: strawberry.Private[int]
 
     @strawberry.field(description="Inbound messages stored since the thread was last read.")
-    async def unread_count(self, info: Info[Context, None]) -> int:
-        count: int = await info.context.loaders.unread_count.load(self.row_id)
-        return count
+    def unread_count(self) -> int:
+        # The thread's counter, read with its row: no statement of its own.
+        return self.row_unread_count
 
     @strawberry.field(description="The latest message by sentAt.")
     async def last_message(self, info: Info[Context, None]) -> MessageType | None:
@@ -225,6 +226,7 @@ class ThreadType:
             contact_name=thread.contact_name,
             user_id=thread.wa_user_id,
             row_id=thread.id,
+            row_unread_count=thread.unread_count,
         )
 
 

@@ -88,6 +88,7 @@ TENANT_TABLES = (
     "whatsapp_channel",
     "whatsapp_pending_status",
     "whatsapp_webhook_rejection",
+    "whatsapp_business_unread",
 )
 APP_ROLE = "wa_inbox_app"
 
@@ -820,6 +821,10 @@ def tenant_row_inserts(business_id: int, conversation_id: int, tag: str) -> dict
         "whatsapp_webhook_rejection": (
             "INSERT INTO whatsapp_webhook_rejection (business_id, phone_number_id, reason) "
             f"VALUES ({b}, 'rls-{b}-{tag}', 'rls {tag}')"
+        ),
+        "whatsapp_business_unread": (
+            "INSERT INTO whatsapp_business_unread (business_id, shard, unread) "
+            f"VALUES ({b}, {conversation_id} % 16, 1) ON CONFLICT DO NOTHING"
         ),
     }
 

@@ -155,15 +155,20 @@ async def test_historical_inbound_after_mark_read_stays_read(client: GraphQLClie
     assert await badge(client) == 0
 
 
-async def test_deleted_inbound_message_no_longer_counts(
-    client: GraphQLClient, db: asyncpg.Connection
-) -> None:
+async def test_deleted_inbound_message_no_longer_counts(client: GraphQLClient) -> None:
     kept = await ingest(client, phone=PHONE, body="keep")
     gone = await ingest(client, phone=PHONE, body="delete me")
-    await db.execute(
-        "UPDATE whatsapp_message SET status = 'deleted' WHERE id = $1", int(gone["message"]["id"])
+    deleted = await client.execute(
+        "mutation D($id: ID!) { deleteMessage(id: $id) { id status body } }",
+        {"id": gone["message"]["id"]},
     )
+    assert deleted["deleteMessage"]["status"] == "DELETED"
     assert await thread_unread(client, kept["thread"]["id"]) == 1
+    assert await badge(client) == 1
+    # Deleting it again changes nothing.
+    await client.execute(
+        "mutation D($id: ID!) { deleteMessage(id: $id) { id } }", {"id": gone["message"]["id"]}
+    )
     assert await badge(client) == 1
 
 

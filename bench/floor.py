@@ -1,0 +1,163 @@
+"""The floor of this stack: the benchmark's reads as hand-written SQL behind a bare Starlette app.
+
+    FLOOR_DATABASE_URL=postgresql://... PORT=8123 .venv/bin/python -m bench.floor
+
+Started by bench/suite.py as its own uvicorn process, so it pays the same HTTP, JSON and process
+costs as `python -m gql serve` and nothing else: no GraphQL, no SQLAlchemy, no auth, no
+row-level security (its connections are the migrating user's). Each endpoint runs one statement
+on an asyncpg pool and answers the same JSON shape as the GraphQL query it stands for.
+"""
+
+import base64
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+# Before migration 0004 a thread's unread count is counted from its partial index of unread
+# candidates; once `whatsapp_conversation.unread_count` exists, the best SQL reads it.
+_COUNTED_UNREAD = """(
+    SELECT count(*) FROM whatsapp_message m
+    WHERE m.conversation_id = c.id AND m.direction = 'in' AND NOT m.historical
+      AND m.status <> 'deleted' AND m.seq > c.read_seq
+)"""
+_THREAD_PAGE = """
+SELECT c.id, c.canonical_key, c.phone_e164, c.lead_id, c.status, c.started_at,
+       c.last_message_at, c.last_read_at, c.contact_name, c.wa_user_id,
+       {unread} AS unread_count, last.body AS last_body, last.sent_at AS last_sent_at
+FROM whatsapp_conversation c
+LEFT JOIN LATERAL (
+    SELECT m.body, m.sent_at FROM whatsapp_message m
+    WHERE m.conversation_id = c.id ORDER BY m.sent_at DESC, m.id DESC LIMIT 1
+) last ON true
+WHERE c.business_id = $1
+ORDER BY c.last_message_at DESC, c.id DESC
+LIMIT $2
+"""
+_MESSAGES_AT_END = """
+SELECT id, conversation_id, direction, source, status, body, sent_at, created_at, message_type
+FROM whatsapp_message
+WHERE business_id = $1 AND conversation_id = $2
+ORDER BY sent_at DESC, id DESC
+LIMIT $3
+"""
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _cursor(sent_at: datetime, message_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{sent_at.isoformat()}|{message_id}".encode()).decode()
+
+
+def create_floor_app(database_url: str) -> Starlette:
+    """The floor app on `database_url` (a plain postgresql:// DSN)."""
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(database_url, min_size=4, max_size=4)
+        assert pool is not None
+        has_counter = await pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE "
+            "table_name = 'whatsapp_conversation' AND column_name = 'unread_count')"
+        )
+        state["pool"] = pool
+        state["thread_page"] = _THREAD_PAGE.format(
+            unread="c.unread_count" if has_counter else _COUNTED_UNREAD
+        )
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    async def threads(request: Request) -> JSONResponse:
+        business_id = int(request.query_params["business_id"])
+        first = int(request.query_params.get("first", "50"))
+        rows = await state["pool"].fetch(state["thread_page"], business_id, first + 1)
+        edges = [
+            {
+                "node": {
+                    "id": str(row["id"]),
+                    "canonicalKey": row["canonical_key"],
+                    "phone": row["phone_e164"],
+                    "leadId": row["lead_id"],
+                    "status": row["status"].upper(),
+                    "startedAt": _time(row["started_at"]),
+                    "lastMessageAt": _time(row["last_message_at"]),
+                    "lastReadAt": _time(row["last_read_at"]),
+                    "contactName": row["contact_name"],
+                    "userId": row["wa_user_id"],
+                    "unreadCount": row["unread_count"],
+                    "lastMessage": None
+                    if row["last_sent_at"] is None
+                    else {"body": row["last_body"], "sentAt": _time(row["last_sent_at"])},
+                }
+            }
+            for row in rows[:first]
+        ]
+        page_info = {"hasNextPage": len(rows) > first}
+        return JSONResponse({"data": {"threads": {"edges": edges, "pageInfo": page_info}}})
+
+    async def messages(request: Request) -> JSONResponse:
+        business_id = int(request.query_params["business_id"])
+        thread_id = int(request.query_params["thread_id"])
+        last = int(request.query_params.get("last", "50"))
+        rows = await state["pool"].fetch(_MESSAGES_AT_END, business_id, thread_id, last + 1)
+        page = rows[:last][::-1]
+        edges = [
+            {
+                "cursor": _cursor(row["sent_at"], row["id"]),
+                "node": {
+                    "id": str(row["id"]),
+                    "threadId": str(row["conversation_id"]),
+                    "direction": "INBOUND" if row["direction"] == "in" else "OUTBOUND",
+                    "source": row["source"].upper(),
+                    "status": row["status"].upper(),
+                    "body": row["body"],
+                    "sentAt": _time(row["sent_at"]),
+                    "createdAt": _time(row["created_at"]),
+                    "type": row["message_type"],
+                },
+            }
+            for row in page
+        ]
+        page_info = {
+            "hasPreviousPage": len(rows) > last,
+            "startCursor": edges[0]["cursor"] if edges else None,
+        }
+        return JSONResponse(
+            {"data": {"thread": {"messages": {"edges": edges, "pageInfo": page_info}}}}
+        )
+
+    return Starlette(
+        routes=[
+            Route("/threads", threads, methods=["GET"]),
+            Route("/messages", messages, methods=["GET"]),
+            Route("/healthz", lambda request: JSONResponse({"ok": True}), methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def main() -> None:
+    import uvicorn
+
+    uvicorn.run(
+        create_floor_app(os.environ["FLOOR_DATABASE_URL"]),
+        host="127.0.0.1",
+        port=int(os.environ["PORT"]),
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The benchmark suite runs end to end on tiny data (no figures asserted), so it cannot rot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import PROJECT_ROOT
+
+
+def test_benchmark_suite_smoke_run_writes_its_json_and_chart(tmp_path: Path) -> None:
+    report, chart = tmp_path / "suite.json", tmp_path / "suite.png"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.suite",
+            "--smoke",
+            "--json",
+            str(report),
+            "--chart",
+            str(chart),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    measured = json.loads(report.read_text())
+    assert [size["size"] for size in measured["sizes"]] == ["tiny"]
+    assert chart.read_bytes().startswith(b"\x89PNG")
