@@ -361,29 +361,42 @@ async def delete_message(
     The thread's row is locked first, as every writer of the thread does, so the unread rule
     is read and the counters changed without a concurrent ingest or markRead in between.
     """
-    target = (
-        await session.execute(
-            select(messages.c.conversation_id).where(
-                messages.c.id == message_id, messages.c.business_id == business_id
-            )
-        )
-    ).scalar_one_or_none()
-    if target is None:
-        return None
-    thread = (
-        await session.execute(
-            select(conversations.c.read_seq).where(conversations.c.id == target).with_for_update()
-        )
-    ).one()
-    before = (
-        (
+    # A merge may move the message to another thread between finding and locking its thread:
+    # look again until the thread locked is the thread holding it.
+    for _ in range(5):
+        target = (
             await session.execute(
-                select(messages).where(messages.c.id == message_id).with_for_update()
+                select(messages.c.conversation_id).where(
+                    messages.c.id == message_id, messages.c.business_id == business_id
+                )
             )
+        ).scalar_one_or_none()
+        if target is None:
+            return None
+        thread = (
+            await session.execute(
+                select(conversations.c.read_seq)
+                .where(conversations.c.id == target)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if thread is None:
+            continue
+        before = (
+            (
+                await session.execute(
+                    select(messages).where(messages.c.id == message_id).with_for_update()
+                )
+            )
+            .mappings()
+            .one_or_none()
         )
-        .mappings()
-        .one()
-    )
+        if before is None:
+            return None
+        if before["conversation_id"] == target:
+            break
+    else:
+        raise RuntimeError(f"message {message_id} kept moving between threads")
     was_unread = (
         before["direction"] == "in"
         and not before["historical"]
