@@ -56,6 +56,13 @@ _PROVIDER_ID_LOCK_SPACE = 0x5741_0002
 _IDENTITY_LOCK_SPACE = 0x5741_0003
 
 
+async def _advisory_lock(session: AsyncSession, space: int, business_id: int, key: str) -> None:
+    """A transaction-level advisory lock on `key` of the business, in one lock namespace."""
+    await session.execute(
+        select(func.pg_advisory_xact_lock(space, func.hashtext(f"{business_id}:{key}")))
+    )
+
+
 def counts_as_unread() -> ColumnElement[bool]:
     """The unread rule on a message row joined to its conversation row."""
     return and_(
@@ -173,13 +180,7 @@ async def upsert_conversation_serialized(
     Writers of one canonical key queue on a transaction-level advisory lock, so the
     select-then-insert below cannot create two conversations even when the constraint is gone.
     """
-    await session.execute(
-        select(
-            func.pg_advisory_xact_lock(
-                _CONVERSATION_LOCK_SPACE, func.hashtext(f"{business_id}:{canonical_key}")
-            )
-        )
-    )
+    await _advisory_lock(session, _CONVERSATION_LOCK_SPACE, business_id, canonical_key)
     found = (
         await session.execute(
             select(conversations.c.id)
@@ -282,13 +283,7 @@ async def insert_message_serialized(session: AsyncSession, **values: Any) -> Row
     provider_message_id = values.get("provider_message_id")
     if provider_message_id is not None:
         business_id = values["business_id"]
-        await session.execute(
-            select(
-                func.pg_advisory_xact_lock(
-                    _PROVIDER_ID_LOCK_SPACE, func.hashtext(f"{business_id}:{provider_message_id}")
-                )
-            )
-        )
+        await lock_provider_id(session, business_id, provider_message_id)
         if await find_message_by_provider_id(session, business_id, provider_message_id):
             return None
     result = await session.execute(
@@ -442,11 +437,7 @@ async def set_conversation_status(
 
 async def lock_identity(session: AsyncSession, business_id: int, key: str) -> None:
     """Queue behind every other writer of this identity until the transaction ends."""
-    await session.execute(
-        select(
-            func.pg_advisory_xact_lock(_IDENTITY_LOCK_SPACE, func.hashtext(f"{business_id}:{key}"))
-        )
-    )
+    await _advisory_lock(session, _IDENTITY_LOCK_SPACE, business_id, key)
 
 
 async def find_alias(session: AsyncSession, business_id: int, alias_key: str) -> int | None:
@@ -605,13 +596,7 @@ async def lock_provider_id(
     Taken by status updates and by outbound messages with a provider id, so a status that
     arrives while its message is being stored is either applied or kept pending, never lost.
     """
-    await session.execute(
-        select(
-            func.pg_advisory_xact_lock(
-                _PROVIDER_ID_LOCK_SPACE, func.hashtext(f"{business_id}:{provider_message_id}")
-            )
-        )
-    )
+    await _advisory_lock(session, _PROVIDER_ID_LOCK_SPACE, business_id, provider_message_id)
 
 
 async def advance_message_status(
