@@ -29,18 +29,15 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
+from bench.databases import asyncpg_dsn, database_server, scratch_database
 from bench.dataset import SIZES, load
-from db.embedded import start_embedded_postgres
-from db.engine import to_async_url
 from db.migrations import upgrade_to_head
 from domain.access import Role
 from gql.app import create_app
@@ -59,41 +56,19 @@ THREAD_LIST = """
 """
 
 
-def _dsn(url: str) -> str:
-    return to_async_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-def _with_database(url: str, database: str) -> str:
-    # The embedded server's URL names its socket directory in the query string.
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
-
-
 @contextlib.asynccontextmanager
-async def scratch_database() -> AsyncIterator[str]:
+async def run_database() -> AsyncIterator[str]:
     """An empty database for this run, removed afterwards (unless BENCH_DATABASE_URL)."""
     given = os.environ.get("BENCH_DATABASE_URL")
     if given:
         yield given
         return
-    server = os.environ.get("TEST_DATABASE_URL")
-    with tempfile.TemporaryDirectory(prefix="wa-inbox-bench-") as scratch:
-        if not server:
-            server = start_embedded_postgres(Path(scratch) / "pgdata", database="postgres")
-        name = f"wa_inbox_bench_{uuid.uuid4().hex[:10]}"
-        admin = await asyncpg.connect(_dsn(server))
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        try:
-            yield _with_database(server, name)
-        finally:
-            admin = await asyncpg.connect(_dsn(server))
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await admin.close()
+    with (
+        tempfile.TemporaryDirectory(prefix="wa-inbox-bench-") as scratch,
+        database_server(Path(scratch)) as (server, _),
+    ):
+        async with scratch_database(server, "wa_inbox_bench") as url:
+            yield url
 
 
 def _ms_summary(samples: list[float]) -> dict[str, float]:
@@ -114,9 +89,9 @@ async def _timed(client: httpx.AsyncClient, query: str) -> float:
 
 async def measure(size_name: str, repeat: int) -> dict[str, Any]:
     size = SIZES[size_name]
-    async with scratch_database() as url:
+    async with run_database() as url:
         await asyncio.to_thread(upgrade_to_head, url)
-        connection = await asyncpg.connect(_dsn(url))
+        connection = await asyncpg.connect(asyncpg_dsn(url))
         try:
             loaded_at = time.perf_counter()
             dataset = await load(connection, size)

@@ -42,19 +42,18 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 
+from bench.databases import asyncpg_dsn, database_server, scratch_database
 from bench.dataset import SIZES, LoadedDataset, load
 from bench.fanout import free_port
-from db.engine import to_async_url
 from db.migrations import upgrade_to_head
 from domain.access import Role
 from gql.auth import issue_token
@@ -170,48 +169,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
-
-
-def _dsn(url: str) -> str:
-    return to_async_url(url).replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-def _with_database(url: str, database: str) -> str:
-    # The embedded server's URL names its socket directory in the query string.
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, ""))
-
-
-@contextlib.contextmanager
-def database_server(scratch: Path) -> Iterator[tuple[str, str]]:
-    """A PostgreSQL server URL to create scratch databases on, and a description of it."""
-    for variable in ("BENCH_DATABASE_URL", "TEST_DATABASE_URL"):
-        given = os.environ.get(variable)
-        if given:
-            yield given, f"scratch databases on {variable}'s server"
-            return
-    from db.embedded import start_embedded_postgres
-
-    url = start_embedded_postgres(scratch / "pgdata", database="postgres")
-    yield url, f"embedded PostgreSQL in {scratch / 'pgdata'}"
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(server: str) -> AsyncIterator[str]:
-    name = f"wa_inbox_suite_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(_dsn(server))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield _with_database(server, name)
-    finally:
-        admin = await asyncpg.connect(_dsn(server))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 # --- the two server processes --------------------------------------------------------------
@@ -703,9 +660,9 @@ async def profile(url: str, dataset: LoadedDataset, repeat: int) -> dict[str, An
 async def measure_size(server: str, size_name: str, plan: Plan, logs: Path) -> dict[str, Any]:
     size = SIZES[size_name]
     long_messages = min(plan.long_thread_messages, size.messages // 4)
-    async with scratch_database(server) as url:
+    async with scratch_database(server, "wa_inbox_suite") as url:
         await asyncio.to_thread(upgrade_to_head, url)
-        connection = await asyncpg.connect(_dsn(url))
+        connection = await asyncpg.connect(asyncpg_dsn(url))
         try:
             started = time.perf_counter()
             dataset = await load(connection, size, seed=7, long_thread_messages=long_messages)
@@ -732,7 +689,9 @@ async def measure_size(server: str, size_name: str, plan: Plan, logs: Path) -> d
             log_path = logs / f"{size_name}.log"
             with (
                 process_serving("gql", env, log_path, ("serve",)) as (app_url, _),
-                process_serving("bench.floor", {"FLOOR_DATABASE_URL": _dsn(url)}, log_path) as (
+                process_serving(
+                    "bench.floor", {"FLOOR_DATABASE_URL": asyncpg_dsn(url)}, log_path
+                ) as (
                     floor_url,
                     _,
                 ),
@@ -766,9 +725,9 @@ async def _measure_servers(
         httpx.AsyncClient(base_url=floor_url, timeout=REQUEST_TIMEOUT_S) as floor,
         contextlib.AsyncExitStack() as stack,
     ):
-        database = await asyncpg.connect(_dsn(url))
+        database = await asyncpg.connect(asyncpg_dsn(url))
         stack.push_async_callback(database.close)
-        pool = await asyncpg.create_pool(_dsn(url), min_size=CLIENTS, max_size=CLIENTS)
+        pool = await asyncpg.create_pool(asyncpg_dsn(url), min_size=CLIENTS, max_size=CLIENTS)
         assert pool is not None
         stack.push_async_callback(pool.close)
         version = await database.fetchval("SHOW server_version")
