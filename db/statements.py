@@ -31,6 +31,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from db import advisory_locks
 from db.errors import (
     INSUFFICIENT_PRIVILEGE,
     NO_MATCHING_CONFLICT_TARGET,
@@ -42,34 +43,26 @@ from db.tables import (
     UNREAD_SHARDS,
     business_unread,
     channels,
-    conversation_aliases,
     conversations,
     messages,
     pending_statuses,
     webhook_rejections,
 )
 
-# Advisory-lock namespaces (first key of pg_advisory_xact_lock(int, int)) for the fallbacks.
-_CONVERSATION_LOCK_SPACE = 0x5741_0001
-_PROVIDER_ID_LOCK_SPACE = 0x5741_0002
-# ... and for writers of one customer identity (a `user:` key) while threads are linked.
-_IDENTITY_LOCK_SPACE = 0x5741_0003
-
-
-async def _advisory_lock(session: AsyncSession, space: int, business_id: int, key: str) -> None:
-    """A transaction-level advisory lock on `key` of the business, in one lock namespace."""
-    await session.execute(
-        select(func.pg_advisory_xact_lock(space, func.hashtext(f"{business_id}:{key}")))
-    )
-
 
 def counts_as_unread() -> ColumnElement[bool]:
     """The unread rule on a message row joined to its conversation row."""
+    return and_(is_unread_candidate(), messages.c.seq > conversations.c.read_seq)
+
+
+def is_unread_candidate() -> ColumnElement[bool]:
+    """A message that is unread while above its thread's read point: inbound from the
+    customer, not a history import, not deleted, not a system notice (a number change)."""
     return and_(
         messages.c.direction == "in",
         messages.c.historical.is_(False),
         messages.c.status != "deleted",
-        messages.c.seq > conversations.c.read_seq,
+        messages.c.message_type != "system",
     )
 
 
@@ -180,7 +173,7 @@ async def upsert_conversation_serialized(
     Writers of one canonical key queue on a transaction-level advisory lock, so the
     select-then-insert below cannot create two conversations even when the constraint is gone.
     """
-    await _advisory_lock(session, _CONVERSATION_LOCK_SPACE, business_id, canonical_key)
+    await advisory_locks.lock(session, advisory_locks.CONVERSATION_KEYS, business_id, canonical_key)
     found = (
         await session.execute(
             select(conversations.c.id)
@@ -396,6 +389,7 @@ async def delete_message(
         before["direction"] == "in"
         and not before["historical"]
         and before["status"] != "deleted"
+        and before["message_type"] != "system"
         and before["seq"] > thread.read_seq
     )
     deleted = (
@@ -432,150 +426,6 @@ async def set_conversation_status(
     return result.mappings().one_or_none()
 
 
-# --- customer identities: one thread per person, however WhatsApp names them -----------------
-
-
-async def lock_identity(session: AsyncSession, business_id: int, key: str) -> None:
-    """Queue behind every other writer of this identity until the transaction ends."""
-    await _advisory_lock(session, _IDENTITY_LOCK_SPACE, business_id, key)
-
-
-async def find_alias(session: AsyncSession, business_id: int, alias_key: str) -> int | None:
-    """The conversation an alias names, if any."""
-    result = await session.execute(
-        select(conversation_aliases.c.conversation_id).where(
-            conversation_aliases.c.business_id == business_id,
-            conversation_aliases.c.alias_key == alias_key,
-        )
-    )
-    return result.scalar_one_or_none()
-
-
-async def save_alias(
-    session: AsyncSession, business_id: int, alias_key: str, conversation_id: int
-) -> None:
-    """Point `alias_key` at the conversation (moving it if it named another one)."""
-    proposed = insert(conversation_aliases).values(
-        business_id=business_id, alias_key=alias_key, conversation_id=conversation_id
-    )
-    await session.execute(
-        proposed.on_conflict_do_update(
-            index_elements=[conversation_aliases.c.business_id, conversation_aliases.c.alias_key],
-            set_={"conversation_id": proposed.excluded.conversation_id},
-        )
-    )
-
-
-async def lock_conversation(
-    session: AsyncSession, business_id: int, canonical_key: str
-) -> RowMapping | None:
-    """The conversation with this canonical key, row-locked until the transaction ends."""
-    result = await session.execute(
-        select(conversations)
-        .where(
-            conversations.c.business_id == business_id,
-            conversations.c.canonical_key == canonical_key,
-        )
-        .with_for_update()
-    )
-    return result.mappings().one_or_none()
-
-
-_MERGE_MESSAGES = text(
-    """
-    WITH combined AS (
-        SELECT m.id, m.seq <= c.read_seq AS was_read, m.sent_at
-        FROM whatsapp_message m
-        JOIN whatsapp_conversation c ON c.id = m.conversation_id
-        WHERE m.conversation_id IN (:survivor_id, :absorbed_id)
-    ), renumbered AS (
-        SELECT id, was_read,
-               row_number() OVER (ORDER BY was_read DESC, sent_at, id) AS new_seq
-        FROM combined
-    ), moved AS (
-        UPDATE whatsapp_message m
-        SET conversation_id = :survivor_id, seq = r.new_seq
-        FROM renumbered r
-        WHERE m.id = r.id
-        RETURNING r.was_read
-    )
-    SELECT count(*) AS message_count, count(*) FILTER (WHERE was_read) AS read_count FROM moved
-    """
-)
-
-
-async def merge_conversations(
-    session: AsyncSession, business_id: int, survivor_id: int, absorbed_id: int
-) -> RowMapping:
-    """Move every message and alias of `absorbed_id` into `survivor_id`, then drop it.
-
-    Both rows are locked in id order first. Messages are renumbered so that everything either
-    thread had read comes first: the merged read point then covers exactly the messages that
-    were read before, and each thread's unread messages stay unread.
-    """
-    locked = await session.execute(
-        select(conversations)
-        .where(
-            conversations.c.business_id == business_id,
-            conversations.c.id.in_([survivor_id, absorbed_id]),
-        )
-        .order_by(conversations.c.id)
-        .with_for_update()
-    )
-    rows = {row["id"]: row for row in locked.mappings()}
-    survivor, absorbed = rows[survivor_id], rows[absorbed_id]
-    counted = (
-        await session.execute(
-            _MERGE_MESSAGES, {"survivor_id": survivor_id, "absorbed_id": absorbed_id}
-        )
-    ).one()
-    await session.execute(
-        update(conversation_aliases)
-        .where(conversation_aliases.c.conversation_id == absorbed_id)
-        .values(conversation_id=survivor_id)
-    )
-    await session.execute(delete(conversations).where(conversations.c.id == absorbed_id))
-    await save_alias(session, business_id, absorbed["canonical_key"], survivor_id)
-    unread_after_merge = (
-        select(func.count(messages.c.id))
-        .where(
-            messages.c.conversation_id == survivor_id,
-            messages.c.direction == "in",
-            messages.c.historical.is_(False),
-            messages.c.status != "deleted",
-            messages.c.seq > counted.read_count,
-        )
-        .scalar_subquery()
-    )
-    merged = await session.execute(
-        update(conversations)
-        .where(conversations.c.id == survivor_id)
-        .values(
-            message_seq=counted.message_count,
-            read_seq=counted.read_count,
-            unread_count=unread_after_merge,
-            started_at=min(survivor["started_at"], absorbed["started_at"]),
-            last_message_at=max(survivor["last_message_at"], absorbed["last_message_at"]),
-            last_read_at=max(
-                (at for at in (survivor["last_read_at"], absorbed["last_read_at"]) if at),
-                default=None,
-            ),
-            phone_e164=survivor["phone_e164"] or absorbed["phone_e164"],
-            contact_name=survivor["contact_name"] or absorbed["contact_name"],
-            wa_user_id=survivor["wa_user_id"] or absorbed["wa_user_id"],
-            status="open" if "open" in (survivor["status"], absorbed["status"]) else "closed",
-        )
-        .returning(*conversations.c)
-    )
-    merged_row = merged.mappings().one()
-    # Both threads' counts left their shards; the merged thread's count enters its own.
-    await add_business_unread(session, business_id, absorbed_id, -absorbed["unread_count"])
-    await add_business_unread(
-        session, business_id, survivor_id, merged_row["unread_count"] - survivor["unread_count"]
-    )
-    return merged_row
-
-
 # --- outbound delivery statuses ---------------------------------------------------------------
 
 
@@ -596,7 +446,9 @@ async def lock_provider_id(
     Taken by status updates and by outbound messages with a provider id, so a status that
     arrives while its message is being stored is either applied or kept pending, never lost.
     """
-    await _advisory_lock(session, _PROVIDER_ID_LOCK_SPACE, business_id, provider_message_id)
+    await advisory_locks.lock(
+        session, advisory_locks.PROVIDER_IDS, business_id, provider_message_id
+    )
 
 
 async def advance_message_status(
@@ -796,21 +648,6 @@ async def find_message_by_provider_id(
         )
     )
     return result.mappings().first()
-
-
-async def find_conversation_by_key(
-    session: AsyncSession, business_id: int, canonical_key: str
-) -> RowMapping | None:
-    result = await session.execute(
-        select(conversations)
-        .where(
-            conversations.c.business_id == business_id,
-            conversations.c.canonical_key == canonical_key,
-        )
-        .order_by(conversations.c.id)
-        .limit(1)
-    )
-    return result.mappings().one_or_none()
 
 
 async def find_latest_conversation_by_phone(

@@ -87,6 +87,15 @@ messages = Table(
     Column("error_code", Integer),
     Column("error_title", Text),
     Column("status_at", DateTime(timezone=True)),
+    # The provider id of the message this one quotes (WhatsApp's `context.id`), kept even when
+    # that message is not stored.
+    Column("reply_to_provider_id", String(128)),
+    Column("forwarded", Boolean, nullable=False, server_default="false"),
+    # The click-to-WhatsApp ad that started the conversation, as WhatsApp described it.
+    Column("referral", JSONB),
+    # A customer's edit replaces `body`; the text as first sent is kept in `original_body`.
+    Column("edited_at", DateTime(timezone=True)),
+    Column("original_body", Text),
     UniqueConstraint("business_id", "provider_message_id", name=MESSAGE_PROVIDER_ID_CONSTRAINT),
     CheckConstraint("direction IN ('in', 'out')", name="ck_wa_msg_direction"),
     CheckConstraint(
@@ -101,12 +110,15 @@ messages = Table(
     ),
     Index("ix_wa_msg_thread_chronology", "conversation_id", "sent_at", "id"),
     # Exactly the rows that can be unread: counting a thread's unread messages reads only
-    # the entries above its read point.
+    # the entries above its read point. System notices (a number change) are never unread.
     Index(
         "ix_wa_msg_unread_candidates",
         "conversation_id",
         "seq",
-        postgresql_where=text("direction = 'in' AND NOT historical AND status <> 'deleted'"),
+        postgresql_where=text(
+            "direction = 'in' AND NOT historical AND status <> 'deleted' "
+            "AND message_type <> 'system'"
+        ),
     ),
 )
 
@@ -124,8 +136,8 @@ business_unread = Table(
     CheckConstraint("unread >= 0", name="ck_wa_business_unread"),
 )
 
-# Other names of a conversation: a customer known by phone and by WhatsApp user id has one
-# thread, keyed by the phone; its `user:` key lives here.
+# Other names of a conversation: every name of a customer (lead id, phones, WhatsApp user ids,
+# earlier numbers) that is not the thread's canonical key lives here, pointing at its thread.
 conversation_aliases = Table(
     "whatsapp_conversation_alias",
     metadata,
@@ -139,6 +151,23 @@ conversation_aliases = Table(
     ),
     PrimaryKeyConstraint("business_id", "alias_key", name="pk_wa_conv_alias"),
     Index("ix_wa_conv_alias_conversation", "conversation_id"),
+)
+
+# Where each merged-away thread went, so that old links (a thread id in a CRM) keep working.
+thread_merges = Table(
+    "whatsapp_thread_merge",
+    metadata,
+    Column("merged_conversation_id", BigInteger, primary_key=True),
+    Column("business_id", BigInteger, nullable=False),
+    Column(
+        "into_conversation_id",
+        BigInteger,
+        ForeignKey("whatsapp_conversation.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("reason", Text, nullable=False),
+    Column("merged_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("ix_wa_thread_merge_into", "into_conversation_id"),
 )
 
 channels = Table(
@@ -170,6 +199,24 @@ pending_statuses = Table(
     ),
 )
 
+# A customer's edit or revoke that arrived before the message it changes; applied when that
+# message is stored (WhatsApp guarantees no order between webhooks).
+pending_revisions = Table(
+    "whatsapp_pending_revision",
+    metadata,
+    Column("business_id", BigInteger, nullable=False),
+    Column("original_provider_message_id", String(128), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("revision_provider_message_id", String(128), nullable=False),
+    Column("body", Text),
+    Column("revised_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint(
+        "business_id", "original_provider_message_id", "kind", name="pk_wa_pending_revision"
+    ),
+    CheckConstraint("kind IN ('edit', 'revoke')", name="ck_wa_pending_revision_kind"),
+)
+
 # Parts of webhook deliveries that could not be stored, with the reason, for operators.
 webhook_rejections = Table(
     "whatsapp_webhook_rejection",
@@ -192,6 +239,11 @@ CONFLICT_TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("pk_wa_conv_alias", "whatsapp_conversation_alias", ("business_id", "alias_key")),
     ("pk_wa_pending_status", "whatsapp_pending_status", ("business_id", "provider_message_id")),
     ("pk_wa_business_unread", "whatsapp_business_unread", ("business_id", "shard")),
+    (
+        "pk_wa_pending_revision",
+        "whatsapp_pending_revision",
+        ("business_id", "original_provider_message_id", "kind"),
+    ),
 )
 
 __all__ = [
@@ -206,6 +258,8 @@ __all__ = [
     "conversations",
     "messages",
     "metadata",
+    "pending_revisions",
     "pending_statuses",
+    "thread_merges",
     "webhook_rejections",
 ]

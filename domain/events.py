@@ -28,4 +28,18 @@ class ThreadRead:
     thread_id: int
 
 
-InboxEvent = MessageStored | ThreadRead
+@dataclass(frozen=True)
+class ThreadMerged:
+    """Two threads turned out to be one customer's: `from_thread_id` is gone, its messages and
+    names now live in `into_thread_id` (its unread count is now 0, the survivor's went up)."""
+
+    business_id: int
+    from_thread_id: int
+    into_thread_id: int
+
+    @property
+    def thread_id(self) -> int:
+        return self.into_thread_id
+
+
+InboxEvent = MessageStored | ThreadRead | ThreadMerged

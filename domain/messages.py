@@ -1,12 +1,9 @@
-"""Storing a message: threading by canonical key, dedupe by provider message id.
+"""Storing a message: threading by the customer's names, dedupe by provider message id.
 
-One ingest is one unit of work. The conversation is created or touched by one
-`INSERT ... ON CONFLICT DO UPDATE`, the message by `INSERT ... ON CONFLICT DO NOTHING`; the
-database settles every race between concurrent deliveries.
-
-A customer WhatsApp also names by a business-scoped user id (BSUID) has one thread: keyed
-`phone:` once the phone is known, `user:` until then, and the `user:` key is an alias of the
-phone thread from the first message that carries both (a `user:` thread is merged into it).
+One ingest is one unit of work. The customer's thread is found (or created, linked, merged)
+from every name the message gives them (domain/customer_identities.py), the message is
+inserted by `INSERT ... ON CONFLICT DO NOTHING`; the database settles every race between
+concurrent deliveries.
 """
 
 import logging
@@ -20,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db import statements
 from db.errors import MissingConflictTarget
 from db.unit_of_work import Sessions, run_unit_of_work
-from domain.canonical_keys import canonical_key, normalize_lead_id, user_key
+from domain.canonical_keys import normalize_lead_id
+from domain.customer_identities import CustomerNames, ThreadTouch, settle_customer_thread
 from domain.errors import BadInput
-from domain.events import MessageStored
+from domain.events import InboxEvent, MessageStored, ThreadMerged
 from domain.metrics import InboxMetrics
 from domain.models import Direction, Message, MessageStatus, Source, Thread
 from domain.phones import normalize_phone
@@ -35,6 +33,7 @@ MAX_PROVIDER_MESSAGE_ID_LENGTH = 128
 MAX_MESSAGE_TYPE_LENGTH = 32
 MAX_CONTACT_NAME_LENGTH = 256
 MAX_MEDIA_ID_LENGTH = 128
+SYSTEM_MESSAGE_TYPE = "system"
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,8 @@ class IncomingMessage:
     """A message as a caller hands it in, before any rule is applied.
 
     `phone` may be absent only when `wa_user_id` (WhatsApp's business-scoped user id) names the
-    customer instead.
+    customer instead. `previous_phone` / `previous_user_id` are names the customer had before
+    (a number change): they keep leading to the same thread.
     """
 
     phone: str | None
@@ -58,6 +58,11 @@ class IncomingMessage:
     message_type: str = "text"
     media_id: str | None = None
     provider_payload: Any = None
+    previous_phone: str | None = None
+    previous_user_id: str | None = None
+    reply_to_provider_id: str | None = None
+    forwarded: bool = False
+    referral: Any = None
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,18 @@ class IngestOutcome:
     thread: Thread
     duplicate: bool
     event: MessageStored | None = None
+    merges: tuple[ThreadMerged, ...] = ()
+
+    @property
+    def events(self) -> list[InboxEvent]:
+        """What to publish after the commit: merges first, so screens follow the thread."""
+        return [*self.merges, *([self.event] if self.event is not None else [])]
 
 
 @dataclass(frozen=True)
 class _CheckedMessage:
     business_id: int
-    canonical_key: str
-    phone_e164: str | None
-    lead_id: str | None
+    names: CustomerNames
     direction: Direction
     source: Source
     status: MessageStatus
@@ -81,12 +90,14 @@ class _CheckedMessage:
     provider_message_id: str | None
     sent_at: datetime
     historical: bool
-    user_key: str | None
     contact: statements.ContactDetails
     counts_unread: bool  # inbound and not historical: the unread counters move
     message_type: str
     media_id: str | None
     provider_payload: Any
+    reply_to_provider_id: str | None
+    forwarded: bool
+    referral: Any
 
 
 class _ProviderIdTaken(Exception):
@@ -104,7 +115,15 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
     if incoming.phone is None and incoming.wa_user_id is None:
         raise BadInput("a message needs the customer's phone")
     phone_e164 = None if incoming.phone is None else normalize_phone(incoming.phone, default_region)
+    previous_phone = (
+        None
+        if incoming.previous_phone is None
+        else normalize_phone(incoming.previous_phone, default_region)
+    )
     wa_user_id = _checked_text(incoming.wa_user_id, "userId", MAX_PROVIDER_MESSAGE_ID_LENGTH)
+    previous_user_id = _checked_text(
+        incoming.previous_user_id, "previous user id", MAX_PROVIDER_MESSAGE_ID_LENGTH
+    )
     lead_id = normalize_lead_id(incoming.lead_id)
     message_type = _checked_text(incoming.message_type, "type", MAX_MESSAGE_TYPE_LENGTH)
     if message_type is None:
@@ -132,14 +151,14 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
         status = MessageStatus.RECEIVED
     else:
         status = MessageStatus.SENT if provider_message_id else MessageStatus.PENDING
-    keyed_by_user = lead_id is None and phone_e164 is None
     return _CheckedMessage(
         business_id=business_id,
-        canonical_key=user_key(business_id, wa_user_id)
-        if keyed_by_user and wa_user_id is not None
-        else canonical_key(business_id, lead_id=lead_id, phone_e164=phone_e164),
-        phone_e164=phone_e164,
-        lead_id=lead_id,
+        names=CustomerNames(
+            business_id,
+            lead_id=lead_id,
+            phones=tuple(dict.fromkeys(p for p in (phone_e164, previous_phone) if p)),
+            user_ids=tuple(dict.fromkeys(u for u in (wa_user_id, previous_user_id) if u)),
+        ),
         direction=incoming.direction,
         source=incoming.source,
         status=status,
@@ -147,18 +166,22 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
         provider_message_id=provider_message_id,
         sent_at=sent_at,
         historical=incoming.historical,
-        # Leads are threaded by lead id alone; a user id links phone and user threads.
-        user_key=None
-        if wa_user_id is None or lead_id is not None
-        else user_key(business_id, wa_user_id),
         contact=statements.ContactDetails(
             name=_checked_text(incoming.contact_name, "contact name", MAX_CONTACT_NAME_LENGTH),
             wa_user_id=wa_user_id,
         ),
-        counts_unread=incoming.direction is Direction.INBOUND and not incoming.historical,
+        # A system notice (a number change) is shown in the thread but never unread.
+        counts_unread=incoming.direction is Direction.INBOUND
+        and not incoming.historical
+        and message_type != SYSTEM_MESSAGE_TYPE,
         message_type=message_type,
         media_id=_checked_text(incoming.media_id, "media id", MAX_MEDIA_ID_LENGTH),
         provider_payload=incoming.provider_payload,
+        reply_to_provider_id=_checked_text(
+            incoming.reply_to_provider_id, "replied-to message id", MAX_PROVIDER_MESSAGE_ID_LENGTH
+        ),
+        forwarded=incoming.forwarded,
+        referral=incoming.referral,
     )
 
 
@@ -196,7 +219,7 @@ async def ingest_message(
             "retrying once in a fresh transaction through the serialized fallback",
             failure.statement_name,
             business_id,
-            message.canonical_key,
+            message.names.preferred_key,
             message.provider_message_id,
         )
         outcome = await _store_once(sessions, message, serialized=True)
@@ -273,7 +296,18 @@ async def _store(
     if tracks_status:
         assert message.provider_message_id is not None
         await statements.lock_provider_id(session, message.business_id, message.provider_message_id)
-    conversation, absorbed_ids = await _thread_for(session, message, serialized=serialized)
+    settled = await settle_customer_thread(
+        session,
+        message.names,
+        touch=ThreadTouch(
+            message_at=message.sent_at,
+            reopen=message.direction is Direction.INBOUND and not message.historical,
+            contact=message.contact,
+            unread_delta=1 if message.counts_unread else 0,
+            serialized=serialized,
+        ),
+    )
+    conversation = settled.conversation
     insert = statements.insert_message_serialized if serialized else statements.insert_message
     row = await insert(
         session,
@@ -290,6 +324,9 @@ async def _store(
         message_type=message.message_type,
         media_id=message.media_id,
         provider_payload=message.provider_payload,
+        reply_to_provider_id=message.reply_to_provider_id,
+        forwarded=message.forwarded,
+        referral=message.referral,
     )
     if row is not None and tracks_status:
         row = await _apply_pending_status(session, row)
@@ -297,20 +334,6 @@ async def _store(
         raise _ProviderIdTaken
     if message.counts_unread:
         await statements.add_business_unread(session, message.business_id, conversation["id"], 1)
-    for absorbed_id in sorted(absorbed_ids):
-        # After the insert, so the merged thread's counts include the new message.
-        conversation = await statements.merge_conversations(
-            session, message.business_id, conversation["id"], absorbed_id
-        )
-        log.warning(
-            "[WA-SESSION] merged thread_id=%s into thread_id=%s for business_id=%s: "
-            "%s and %s are one customer",
-            absorbed_id,
-            conversation["id"],
-            message.business_id,
-            message.user_key,
-            message.canonical_key,
-        )
     stored = Message.from_row(row)
     event = MessageStored(
         message.business_id,
@@ -318,67 +341,13 @@ async def _store(
         stored.id,
         changes_unread=message.counts_unread,
     )
-    return IngestOutcome(stored, Thread.from_row(conversation), duplicate=False, event=event)
-
-
-async def _thread_for(
-    session: AsyncSession, message: _CheckedMessage, *, serialized: bool
-) -> tuple[RowMapping, list[int]]:
-    """The customer's conversation, created or touched, with the new message's seq taken;
-    and the other threads of the same customer, to merge into it once the message is in."""
-    upsert = (
-        statements.upsert_conversation_serialized if serialized else statements.upsert_conversation
+    return IngestOutcome(
+        stored,
+        Thread.from_row(conversation),
+        duplicate=False,
+        event=event,
+        merges=tuple(settled.merges),
     )
-    unread_delta = 1 if message.counts_unread else 0
-
-    async def touch(key: str, phone_e164: str | None) -> RowMapping:
-        return await upsert(
-            session,
-            business_id=message.business_id,
-            canonical_key=key,
-            phone_e164=phone_e164,
-            lead_id=message.lead_id,
-            message_at=message.sent_at,
-            reopen=message.direction is Direction.INBOUND and not message.historical,
-            contact=message.contact,
-            unread_delta=unread_delta,
-        )
-
-    if message.user_key is None:
-        return await touch(message.canonical_key, message.phone_e164), []
-
-    # Every writer of one user id queues here, so linking its threads cannot race.
-    await statements.lock_identity(session, message.business_id, message.user_key)
-    aliased_id = await statements.find_alias(session, message.business_id, message.user_key)
-    if message.phone_e164 is None:
-        if aliased_id is not None:
-            touched = await statements.touch_conversation(
-                session,
-                aliased_id,
-                phone_e164=None,
-                message_at=message.sent_at,
-                reopen=message.direction is Direction.INBOUND and not message.historical,
-                contact=message.contact,
-                unread_delta=unread_delta,
-            )
-            if touched is not None:
-                return touched, []
-        return await touch(message.user_key, None), []
-
-    others: set[int] = set()
-    if aliased_id is not None:
-        others.add(aliased_id)
-    else:
-        user_thread = await statements.lock_conversation(
-            session, message.business_id, message.user_key
-        )
-        if user_thread is not None:
-            others.add(user_thread["id"])
-    thread = await touch(message.canonical_key, message.phone_e164)
-    others.discard(thread["id"])
-    if aliased_id != thread["id"]:
-        await statements.save_alias(session, message.business_id, message.user_key, thread["id"])
-    return thread, sorted(others)
 
 
 async def _apply_pending_status(session: AsyncSession, row: RowMapping) -> RowMapping:

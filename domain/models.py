@@ -96,6 +96,11 @@ class Message:
     provider_payload: Any = None
     error_code: int | None = None
     error_title: str | None = None
+    reply_to_provider_id: str | None = None
+    forwarded: bool = False
+    referral: Any = None
+    edited_at: datetime | None = None
+    original_body: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Message":
@@ -116,4 +121,9 @@ class Message:
             provider_payload=row["provider_payload"],
             error_code=row["error_code"],
             error_title=row["error_title"],
+            reply_to_provider_id=row["reply_to_provider_id"],
+            forwarded=row["forwarded"],
+            referral=row["referral"],
+            edited_at=row["edited_at"],
+            original_body=row["original_body"],
         )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
+from domain.customer_identities import current_thread_id
 from domain.errors import BadInput, NotFound
 from domain.events import ThreadRead
 from domain.metrics import InboxMetrics
@@ -100,6 +101,11 @@ async def mark_thread_read(
                 raise NotFound("no thread for that phone")
             target = found.id
         row = await statements.mark_conversation_read(session, business_id, target)
+        if row is None:
+            # An old link to a thread merged away since: mark the thread it lives in now.
+            current = await current_thread_id(session, business_id, target)
+            if current != target:
+                row = await statements.mark_conversation_read(session, business_id, current)
         if row is None:
             raise NotFound("no thread with that id")
         return ReadOutcome(Thread.from_row(row), await total_unread(session, business_id))

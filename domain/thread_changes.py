@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
+from domain.customer_identities import current_thread_id
 from domain.errors import NotFound
 from domain.events import ThreadRead
 from domain.models import Message, Thread, ThreadStatus
@@ -55,6 +56,12 @@ async def set_thread_status(
         row = await statements.set_conversation_status(
             session, business_id, thread_id, status.value
         )
+        if row is None:
+            current = await current_thread_id(session, business_id, thread_id)
+            if current != thread_id:
+                row = await statements.set_conversation_status(
+                    session, business_id, current, status.value
+                )
         if row is None:
             raise NotFound("no thread with that id")
         return Thread.from_row(row)

@@ -4,8 +4,9 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import statements
+from db import identity_links, statements
 from domain.canonical_keys import canonical_key, normalize_lead_id
+from domain.customer_identities import current_thread_id
 from domain.errors import BadInput
 from domain.models import Message, Thread
 from domain.pagination import (
@@ -32,21 +33,32 @@ async def find_thread(
 ) -> Thread | None:
     """The thread named by id, by lead id, or by phone (in that order of precedence).
 
-    By phone, the thread keyed by that phone wins; a customer whose thread is keyed by a lead
-    is found through the phone stored on it.
+    Every name of the customer leads to their one thread: a lead's phones, earlier numbers,
+    and the id of a thread since merged into it.
     """
     if thread_id is not None:
-        rows = await statements.conversations_by_ids(session, business_id, [thread_id])
-        row = rows.get(thread_id)
-        return Thread.from_row(row) if row is not None else None
+        return await find_thread_by_id(session, business_id, thread_id)
     lead = normalize_lead_id(lead_id)
     if lead is not None:
         key = canonical_key(business_id, lead_id=lead, phone_e164=None)
-        row = await statements.find_conversation_by_key(session, business_id, key)
-        return Thread.from_row(row) if row is not None else None
+        return await _thread_named(session, business_id, key)
     if phone is not None:
         return await find_thread_by_phone(session, business_id, phone, default_region)
     raise BadInput("give one of id, leadId or phone")
+
+
+async def find_thread_by_id(
+    session: AsyncSession, business_id: int, thread_id: int
+) -> Thread | None:
+    """The thread, or the one it was merged into."""
+    rows = await statements.conversations_by_ids(session, business_id, [thread_id])
+    row = rows.get(thread_id)
+    if row is None:
+        current = await current_thread_id(session, business_id, thread_id)
+        if current == thread_id:
+            return None
+        row = (await statements.conversations_by_ids(session, business_id, [current])).get(current)
+    return Thread.from_row(row) if row is not None else None
 
 
 async def find_thread_by_phone(
@@ -54,9 +66,20 @@ async def find_thread_by_phone(
 ) -> Thread | None:
     phone_e164 = normalize_phone(phone, default_region)
     key = canonical_key(business_id, lead_id=None, phone_e164=phone_e164)
-    row = await statements.find_conversation_by_key(session, business_id, key)
-    if row is None:
+    found = await _thread_named(session, business_id, key)
+    if found is None:
+        # A phone stored on threads of two leads (before migration 0005) names neither.
         row = await statements.find_latest_conversation_by_phone(session, business_id, phone_e164)
+        found = Thread.from_row(row) if row is not None else None
+    return found
+
+
+async def _thread_named(session: AsyncSession, business_id: int, key: str) -> Thread | None:
+    named = (await identity_links.threads_named(session, business_id, [key])).get(key)
+    if named is None:
+        return None
+    rows = await statements.conversations_by_ids(session, business_id, [named.conversation_id])
+    row = rows.get(named.conversation_id)
     return Thread.from_row(row) if row is not None else None
 
 

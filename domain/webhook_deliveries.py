@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.errors import BadInput
-from domain.events import MessageStored
+from domain.events import InboxEvent
 from domain.message_statuses import StatusOutcome, record_status
 from domain.messages import ingest_message
 from domain.metrics import InboxMetrics
@@ -50,13 +50,13 @@ async def store_delivery(
     *,
     default_region: str,
     metrics: InboxMetrics,
-    on_stored: Callable[[MessageStored], None],
+    on_stored: Callable[[InboxEvent], None],
 ) -> DeliveryReport:
     """Store every part of `delivery` for the business owning its number.
 
-    `on_stored` receives the event of each newly stored message as soon as it is committed,
-    also when a later part fails: those messages are stored, and a redelivery will not
-    announce them again.
+    `on_stored` receives the events of each newly stored message (its merges, then the
+    message) as soon as it is committed, also when a later part fails: those messages are
+    stored, and a redelivery will not announce them again.
     """
     report = DeliveryReport(ignored_fields=len(delivery.ignored_fields))
     owners = await run_unit_of_work(
@@ -118,8 +118,8 @@ async def store_delivery(
                 report.duplicates += 1
             else:
                 report.stored += 1
-            if outcome.event is not None:
-                on_stored(outcome.event)
+            for event in outcome.events:
+                on_stored(event)
 
     for status in delivery.statuses:
         if status.phone_number_id not in owners:

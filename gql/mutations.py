@@ -51,7 +51,8 @@ class Mutation:
             default_region=context.default_region,
             metrics=context.metrics,
         )
-        context.publish(outcome.event)
+        for event in outcome.events:
+            context.publish(event)
         context.forget_loaded()
         return IngestMessageResult(
             message=MessageType.from_domain(outcome.message),

@@ -257,10 +257,8 @@ async def test_user_thread_becomes_the_phone_thread_once_a_message_names_both(
     assert found["canonicalKey"] == PHONE_KEY
     assert found["userId"] == USER_ID
     assert bodies_of(found) == ["u1", "both", "u2"]
-    # Rekeying the user thread in place would keep its id; a merge into a new phone thread
-    # must leave no trace of the old one.
-    if user_thread_id != phone_thread_id:
-        assert await thread(inbox, user_thread_id) is None
+    # The user thread is re-keyed in place: its id, and so every link to it, stays.
+    assert user_thread_id == phone_thread_id
     assert await conversation_keys(db) == [PHONE_KEY]
 
 
@@ -306,7 +304,9 @@ async def test_merged_threads_keep_chronology_and_every_unread_message(
     assert badge["unreadCount"] == len(unread_ids_after) == merged["unreadCount"]
     assert await conversation_keys(db) == [PHONE_KEY]
     absorbed_id = user_thread_id if merged_id == phone_thread_id else phone_thread_id
-    assert await thread(inbox, absorbed_id) is None
+    # An old link to the merged-away thread leads to the survivor.
+    followed = await thread(inbox, absorbed_id)
+    assert followed is not None and followed["id"] == merged_id
 
 
 async def test_concurrent_deliveries_under_every_name_of_one_customer_end_in_one_thread(

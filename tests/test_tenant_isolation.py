@@ -89,6 +89,8 @@ TENANT_TABLES = (
     "whatsapp_pending_status",
     "whatsapp_webhook_rejection",
     "whatsapp_business_unread",
+    "whatsapp_thread_merge",
+    "whatsapp_pending_revision",
 )
 APP_ROLE = "wa_inbox_app"
 
@@ -114,6 +116,8 @@ B1_FIRST_IDS = {
     "whatsapp_webhook_rejection": 7_400_000_001,
 }
 LATER_FIRST_ID = 1_000
+
+B1_MERGED_PHONE = "+14155550109"
 
 TenantRows = dict[str, list[dict[str, Any]]]
 
@@ -158,6 +162,9 @@ async def seed_business_one(client: GraphQLClient, http: httpx.AsyncClient) -> N
         source="BOT",
         body=f"{MARKER}-bot",
     )
+    # A customer first known by another phone turns out to be the lead: the threads merge.
+    await ingest(client, phone=B1_MERGED_PHONE, body=f"{MARKER}-before-merge")
+    await ingest(client, phone=B1_MERGED_PHONE, leadId=B1_LEAD, body=f"{MARKER}-merged")
     image = {
         "id": f"wamid.{MARKER}-IMAGE",
         "from": B1_WEBHOOK_SENDER,
@@ -825,6 +832,16 @@ def tenant_row_inserts(business_id: int, conversation_id: int, tag: str) -> dict
         "whatsapp_business_unread": (
             "INSERT INTO whatsapp_business_unread (business_id, shard, unread) "
             f"VALUES ({b}, {conversation_id} % 16, 1) ON CONFLICT DO NOTHING"
+        ),
+        "whatsapp_thread_merge": (
+            "INSERT INTO whatsapp_thread_merge (merged_conversation_id, business_id, "
+            f"into_conversation_id, reason) VALUES ({conversation_id} + {1_000_000 + len(tag)}, {b}, "
+            f"{conversation_id}, 'rls {tag}')"
+        ),
+        "whatsapp_pending_revision": (
+            "INSERT INTO whatsapp_pending_revision (business_id, original_provider_message_id, "
+            f"kind, revision_provider_message_id, revised_at) VALUES ({b}, 'wamid.rls-{tag}', "
+            f"'revoke', 'wamid.rls-revoke-{tag}', now())"
         ),
     }
 

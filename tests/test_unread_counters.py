@@ -79,7 +79,8 @@ SELECT shard, unread FROM whatsapp_business_unread WHERE business_id = $1
 # (channels stay connected).
 STORED_HISTORY_TABLES = (
     "whatsapp_message, whatsapp_conversation_alias, whatsapp_conversation, "
-    "whatsapp_business_unread, whatsapp_pending_status, whatsapp_webhook_rejection"
+    "whatsapp_business_unread, whatsapp_pending_status, whatsapp_webhook_rejection, "
+    "whatsapp_thread_merge, whatsapp_pending_revision"
 )
 
 OUTBOUND_SOURCES = ["BOT", "AUTOMATION", "HUMAN"]
@@ -340,14 +341,21 @@ class UnreadCountersMachine(RuleBasedStateMachine):
     # -- markRead --
 
     def thread_exists(self, business_id: int, thread_id: str) -> bool:
+        return self.current_thread_id(business_id, thread_id) is not None
+
+    def current_thread_id(self, business_id: int, thread_id: str) -> str | None:
+        """The thread an id leads to: itself, or the thread it was merged into (old links)."""
         found = self.world.run(
             self.db.fetchval(
-                "SELECT count(*) FROM whatsapp_conversation WHERE id = $1 AND business_id = $2",
+                "SELECT coalesce("
+                "  (SELECT id FROM whatsapp_conversation WHERE id = $1 AND business_id = $2),"
+                "  (SELECT into_conversation_id FROM whatsapp_thread_merge"
+                "   WHERE merged_conversation_id = $1 AND business_id = $2))",
                 int(thread_id),
                 business_id,
             )
         )
-        return bool(found)
+        return None if found is None else str(found)
 
     def mark_read(self, business_id: int, expected_thread_id: str | None, **arguments: str) -> None:
         scoped = self.client.as_business(business_id)
@@ -365,8 +373,7 @@ class UnreadCountersMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def mark_read_by_thread_id(self, data: st.DataObject) -> None:
         thread_id = data.draw(st.sampled_from(self.thread_ids), label="thread_id")
-        exists = self.thread_exists(1, thread_id)
-        self.mark_read(1, thread_id if exists else None, threadId=thread_id)
+        self.mark_read(1, self.current_thread_id(1, thread_id), threadId=thread_id)
 
     @rule(phone=st.sampled_from(CUSTOMERS), spelled_nationally=st.booleans())
     def mark_read_by_phone(self, phone: str, spelled_nationally: bool) -> None:
@@ -412,7 +419,10 @@ class UnreadCountersMachine(RuleBasedStateMachine):
             return
         thread = self.world.run(self.client.execute(SET_THREAD_STATUS, variables))
         assert thread["setThreadStatus"]["status"] == status
-        defined = self.world.run(defined_unread_of_thread(self.db, 1, thread_id))
+        assert thread["setThreadStatus"]["id"] == self.current_thread_id(1, thread_id)
+        defined = self.world.run(
+            defined_unread_of_thread(self.db, 1, thread["setThreadStatus"]["id"])
+        )
         assert thread["setThreadStatus"]["unreadCount"] == defined, thread
 
     # -- a second business alongside --
