@@ -86,7 +86,7 @@ FROM (
     FROM whatsapp_message m
     JOIN whatsapp_conversation c2 ON c2.id = m.conversation_id
     WHERE m.direction = 'in' AND NOT m.historical AND m.status <> 'deleted'
-      AND m.seq > c2.read_seq
+      AND m.message_type <> 'system' AND m.seq > c2.read_seq
     GROUP BY m.conversation_id
 ) counted
 WHERE counted.conversation_id = c.id;

@@ -96,7 +96,7 @@ mutation Connect($id: String!) { connectWhatsAppChannel(phoneNumberId: $id) { id
 # The seed's badge: every unread message of the business counted from history.
 SEED_BADGE_SQL = """
 SELECT count(*) FILTER (WHERE m.direction = 'in' AND NOT m.historical AND m.status <> 'deleted'
-                          AND m.seq > c.read_seq)
+                          AND m.message_type <> 'system' AND m.seq > c.read_seq)
 FROM whatsapp_message m JOIN whatsapp_conversation c ON c.id = m.conversation_id
 WHERE c.business_id = $1
 """

@@ -76,7 +76,7 @@ FROM whatsapp_message m
 JOIN whatsapp_conversation c ON c.id = m.conversation_id
 WHERE m.business_id = $1
   AND m.direction = 'in' AND NOT m.historical AND m.status <> 'deleted'
-  AND m.seq > c.read_seq
+  AND m.message_type <> 'system' AND m.seq > c.read_seq
 """
 
 

@@ -50,7 +50,7 @@ UNREAD_BY_THREAD_SQL = """
 SELECT c.id,
        count(m.id) FILTER (
            WHERE m.direction = 'in' AND NOT m.historical AND m.status <> 'deleted'
-             AND m.seq > c.read_seq
+             AND m.message_type <> 'system' AND m.seq > c.read_seq
        ) AS unread
 FROM whatsapp_conversation c
 LEFT JOIN whatsapp_message m ON m.conversation_id = c.id
@@ -63,7 +63,7 @@ SELECT count(*)
 FROM whatsapp_message m
 JOIN whatsapp_conversation c ON c.id = m.conversation_id
 WHERE c.business_id = $1 AND m.direction = 'in' AND NOT m.historical
-  AND m.status <> 'deleted' AND m.seq > c.read_seq
+  AND m.status <> 'deleted' AND m.message_type <> 'system' AND m.seq > c.read_seq
 """
 
 PHONE = "+14155552671"
