@@ -2,7 +2,7 @@
 
 - agent (the default, least privilege): read threads, mark them read, record HUMAN messages,
   delete messages, close and reopen threads.
-- service (bots and automations): read threads and ingest messages of any source.
+- service (bots and automations): read threads, ingest messages of any source, link leads.
 - admin: everything of its business, including its WhatsApp channels.
 """
 
@@ -37,6 +37,12 @@ def require_may_change_threads(role: Role) -> None:
     """Deleting messages and closing or reopening threads: agents' and admins' work."""
     if role is Role.SERVICE:
         raise Forbidden("deleting messages and changing thread status is for agents and admins")
+
+
+def require_may_link_leads(role: Role) -> None:
+    """Which lead a customer is comes from the CRM's side: its service tokens, or an admin."""
+    if role is Role.AGENT:
+        raise Forbidden("linking leads is for service (CRM) and admin tokens")
 
 
 def require_may_manage_channels(role: Role) -> None:

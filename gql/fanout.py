@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain import read_state, threads
 from domain.errors import DomainError
-from domain.events import InboxEvent, MessageStored, ThreadRead
+from domain.events import InboxEvent, MessageStored, ThreadMerged, ThreadRead
 from domain.metrics import InboxMetrics
 from gql.arguments import parse_row_id
 from gql.auth import Principal
@@ -48,6 +48,7 @@ log = logging.getLogger("wa_inbox.live")
 CHANNEL = "wa_inbox_events"
 NEW_MESSAGE = "newMessage"
 UNREAD_COUNT_CHANGED = "unreadCountChanged"
+THREAD_MERGED = "threadMerged"
 
 YIELD_EVERY_MEMBERS = 25
 
@@ -495,6 +496,9 @@ class FanOutHub:
         audiences = self._audiences.get(event.business_id)
         if not audiences:
             return
+        if isinstance(event, ThreadMerged):
+            await self._deliver_merge(event, audiences)
+            return
         is_message = isinstance(event, MessageStored)
         readers = [
             a
@@ -524,6 +528,37 @@ class FanOutHub:
         if counts is not None:
             for audience in badges:
                 await self._send(audience, counts, None)
+
+    async def _deliver_merge(
+        self, merge: ThreadMerged, audiences: dict[tuple[Any, ...], Audience]
+    ) -> None:
+        """Screens follow a merge: its subscribers are told, badges drop the merged-away
+        thread to 0 and show the survivor's count, and a `newMessage(threadId:)` of the
+        merged-away thread goes on with the survivor's messages."""
+        for audience in audiences.values():
+            if (
+                audience.field_name == NEW_MESSAGE
+                and audience.thread_filter == merge.from_thread_id
+            ):
+                audience.thread_filter = merge.into_thread_id
+        watchers = [a for a in audiences.values() if a.field_name == THREAD_MERGED]
+        badges = [a for a in audiences.values() if a.field_name == UNREAD_COUNT_CHANGED]
+        for audience in watchers:
+            await self._send(audience, merge, None)
+        if not badges:
+            return
+        _, counts = await run_unit_of_work(
+            self.sessions,
+            business_id=merge.business_id,
+            work=lambda session: self._read_for_delivery(
+                session, merge, message=False, counts=True
+            ),
+        )
+        assert counts is not None
+        gone = UnreadCounts(merge.from_thread_id, 0, counts.total_unread)
+        for audience in badges:
+            await self._send(audience, gone, None)
+            await self._send(audience, counts, None)
 
     @staticmethod
     async def _read_for_delivery(
@@ -576,18 +611,20 @@ class FanOutHub:
 
     async def _render(self, audience: Audience, root: Any, thread: Any) -> str:
         """The `payload` of a next message for `root`, executed once for the audience."""
-        from gql.subscriptions import UnreadCountEvent
+        from gql.subscriptions import ThreadMergedEvent, UnreadCountEvent
         from gql.types import MessageType
 
         context = audience.context
         context.forget_loaded()
         if thread is not None:
             context.loaders.thread.prime(thread.id, thread)
-        value = (
-            MessageType.from_domain(root)
-            if audience.field_name == NEW_MESSAGE
-            else UnreadCountEvent.from_counts(root)
-        )
+        value: Any
+        if audience.field_name == NEW_MESSAGE:
+            value = MessageType.from_domain(root)
+        elif audience.field_name == THREAD_MERGED:
+            value = ThreadMergedEvent.from_domain(root)
+        else:
+            value = UnreadCountEvent.from_counts(root)
         try:
             result = execute_subscription_event(audience.executor.build_per_event_executor(value))
             if isinstance(result, Awaitable):
@@ -686,8 +723,15 @@ class UnreadCounts:
     total_unread: int
 
 
+_WIRE_KINDS: dict[type, str] = {
+    MessageStored: "message",
+    ThreadRead: "read",
+    ThreadMerged: "merged",
+}
+
+
 def _to_wire(instance_id: str, event: InboxEvent) -> str:
-    kind = "message" if isinstance(event, MessageStored) else "read"
+    kind = _WIRE_KINDS[type(event)]
     body = {"origin": instance_id, "kind": kind, **event.__dict__}
     return json.dumps(body, separators=(",", ":"))
 
@@ -703,6 +747,8 @@ def _from_wire(instance_id: str, text: str) -> InboxEvent | None:
             return MessageStored(**body)
         if kind == "read":
             return ThreadRead(**body)
+        if kind == "merged":
+            return ThreadMerged(**body)
     except (ValueError, TypeError, KeyError, AttributeError):
         pass
     log.warning("[WA-LIVE] ignored an unreadable pub/sub message")

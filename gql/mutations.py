@@ -4,7 +4,7 @@ import strawberry
 from strawberry import UNSET
 from strawberry.types import Info
 
-from domain import access, channels, models, thread_changes
+from domain import access, channels, leads, models, thread_changes
 from domain.messages import IncomingMessage, ingest_message
 from domain.read_state import mark_thread_read
 from gql.arguments import given, parse_optional_row_id, parse_row_id
@@ -59,6 +59,40 @@ class Mutation:
             thread=ThreadType.from_domain(outcome.thread),
             duplicate=outcome.duplicate,
         )
+
+    @strawberry.mutation(
+        description=(
+            "Link a CRM lead to the customer's thread (given by threadId or phone): the thread "
+            "is keyed by the lead from now on (its id, messages and read state stay), the "
+            "phone becomes one more name of it, and a thread the lead already had is merged in "
+            "(the lead's thread survives). Idempotent. CONFLICT when the thread or the phone "
+            "already belongs to another lead; NOT_FOUND when nothing names a thread."
+        )
+    )
+    async def link_lead(
+        self,
+        info: Info[Context, None],
+        thread_id: strawberry.ID | None = UNSET,
+        phone: str | None = UNSET,
+        *,
+        lead_id: strawberry.ID,
+    ) -> ThreadType:
+        context = info.context
+        access.require_may_link_leads(context.role)
+        target = parse_optional_row_id(thread_id, "threadId")
+        await context.reads.close()
+        linked = await leads.link_lead(
+            context.sessions,
+            context.business_id,
+            lead_id=str(lead_id),
+            thread_id=target,
+            phone=given(phone),
+            default_region=context.default_region,
+        )
+        for merge in linked.merges:
+            context.publish(merge)
+        context.forget_loaded()
+        return ThreadType.from_domain(linked.thread)
 
     @strawberry.mutation(description="Mark a thread read, by threadId or by phone (any format).")
     async def mark_read(

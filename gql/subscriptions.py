@@ -15,6 +15,7 @@ from strawberry import UNSET
 from gql.types import MessageType
 
 if TYPE_CHECKING:
+    from domain.events import ThreadMerged
     from gql.fanout import UnreadCounts
 
 
@@ -30,6 +31,23 @@ class UnreadCountEvent:
             thread_id=strawberry.ID(str(counts.thread_id)),
             unread_count=counts.thread_unread,
             total_unread=counts.total_unread,
+        )
+
+
+@strawberry.type(name="ThreadMergedEvent")
+class ThreadMergedEvent:
+    from_thread_id: strawberry.ID = strawberry.field(
+        description="The thread that is gone: its id now leads to intoThreadId."
+    )
+    into_thread_id: strawberry.ID = strawberry.field(
+        description="The thread that holds both threads' messages and names now."
+    )
+
+    @classmethod
+    def from_domain(cls, merge: "ThreadMerged") -> "ThreadMergedEvent":
+        return cls(
+            from_thread_id=strawberry.ID(str(merge.from_thread_id)),
+            into_thread_id=strawberry.ID(str(merge.into_thread_id)),
         )
 
 
@@ -51,9 +69,21 @@ class Subscription:
     @strawberry.subscription(
         description=(
             "The unread count of a thread and the business total, after an inbound message "
-            "is stored and after markRead."
+            "is stored, after markRead, and after a merge (the merged-away thread then gets a "
+            "last event with unreadCount 0)."
         )
     )
     async def unread_count_changed(self) -> AsyncGenerator[UnreadCountEvent, None]:
+        raise _served_by_the_hub()
+        yield  # pragma: no cover - makes this an async generator
+
+    @strawberry.subscription(
+        description=(
+            "Two threads of the business turned out to be one customer's (a lead linked, a "
+            "number change, a WhatsApp user id) and were merged: show intoThreadId instead of "
+            "fromThreadId. Badges also get fromThreadId's final unreadCount 0."
+        )
+    )
+    async def thread_merged(self) -> AsyncGenerator[ThreadMergedEvent, None]:
         raise _served_by_the_hub()
         yield  # pragma: no cover - makes this an async generator

@@ -306,7 +306,8 @@ async def test_merged_threads_keep_chronology_and_every_unread_message(
     absorbed_id = user_thread_id if merged_id == phone_thread_id else phone_thread_id
     # An old link to the merged-away thread leads to the survivor.
     followed = await thread(inbox, absorbed_id)
-    assert followed is not None and followed["id"] == merged_id
+    assert followed is not None
+    assert followed["id"] == merged_id
 
 
 async def test_concurrent_deliveries_under_every_name_of_one_customer_end_in_one_thread(

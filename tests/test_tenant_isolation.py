@@ -835,8 +835,8 @@ def tenant_row_inserts(business_id: int, conversation_id: int, tag: str) -> dict
         ),
         "whatsapp_thread_merge": (
             "INSERT INTO whatsapp_thread_merge (merged_conversation_id, business_id, "
-            f"into_conversation_id, reason) VALUES ({conversation_id} + {1_000_000 + len(tag)}, {b}, "
-            f"{conversation_id}, 'rls {tag}')"
+            f"into_conversation_id, reason) VALUES ({conversation_id + 1_000_000 + len(tag)}, "
+            f"{b}, {conversation_id}, 'rls {tag}')"
         ),
         "whatsapp_pending_revision": (
             "INSERT INTO whatsapp_pending_revision (business_id, original_provider_message_id, "
