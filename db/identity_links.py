@@ -8,7 +8,7 @@ row of `whatsapp_conversation_alias`; never both, never two threads.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import RowMapping, select, text
+from sqlalchemy import RowMapping, literal, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -53,6 +53,29 @@ async def threads_named(
     # The canonical key wins should a name ever be both (it never is by construction).
     for row in (await session.execute(by_alias.union_all(by_key))).mappings():
         found[row["name"]] = NamedThread(row["id"], row["canonical_key"], row["lead_id"])
+    return found
+
+
+async def names_of(
+    session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
+) -> dict[int, list[str]]:
+    """Every name (canonical key first, then aliases in key order) of each conversation."""
+    canonical = select(
+        conversations.c.id, conversations.c.canonical_key.label("name"), literal(0).label("rank")
+    ).where(conversations.c.business_id == business_id, conversations.c.id.in_(conversation_ids))
+    aliases = select(
+        conversation_aliases.c.conversation_id,
+        conversation_aliases.c.alias_key,
+        literal(1),
+    ).where(
+        conversation_aliases.c.business_id == business_id,
+        conversation_aliases.c.conversation_id.in_(conversation_ids),
+    )
+    found: dict[int, list[str]] = {}
+    for conversation_id, name, _ in (
+        await session.execute(canonical.union_all(aliases).order_by("id", "rank", "name"))
+    ).all():
+        found.setdefault(conversation_id, []).append(name)
     return found
 
 

@@ -90,6 +90,17 @@ async def threads_by_ids(
     return {thread_id: Thread.from_row(row) for thread_id, row in rows.items()}
 
 
+async def phones_of(
+    session: AsyncSession, business_id: int, thread_ids: Sequence[int]
+) -> dict[int, list[str]]:
+    """Every phone that names each thread's customer (E.164, in key order)."""
+    names = await identity_links.names_of(session, business_id, thread_ids)
+    return {
+        thread_id: [name.rsplit(":", 1)[1] for name in found if name.startswith("phone:")]
+        for thread_id, found in names.items()
+    }
+
+
 async def latest_messages(
     session: AsyncSession, business_id: int, thread_ids: Sequence[int]
 ) -> dict[int, Message]:
