@@ -21,6 +21,7 @@ from domain.canonical_keys import normalize_lead_id
 from domain.customer_identities import CustomerNames, ThreadTouch, settle_customer_thread
 from domain.errors import BadInput
 from domain.events import InboxEvent, MessageStored, ThreadMerged
+from domain.message_revisions import apply_pending_revisions
 from domain.metrics import InboxMetrics
 from domain.models import Direction, Message, MessageStatus, Source, Thread
 from domain.phones import normalize_phone
@@ -293,8 +294,9 @@ async def _store(
         return duplicate
 
     tracks_status = message.direction is Direction.OUTBOUND and message.provider_message_id
-    if tracks_status:
-        assert message.provider_message_id is not None
+    if message.provider_message_id is not None:
+        # Statuses and revisions (edits, revokes) of this id queue on the same lock: one that
+        # arrives while the message is being stored is applied now or finds it stored.
         await statements.lock_provider_id(session, message.business_id, message.provider_message_id)
     settled = await settle_customer_thread(
         session,
@@ -334,6 +336,9 @@ async def _store(
         raise _ProviderIdTaken
     if message.counts_unread:
         await statements.add_business_unread(session, message.business_id, conversation["id"], 1)
+    if message.provider_message_id is not None:
+        # After counting: a revoke that came first un-counts the message as deleteMessage does.
+        row, conversation = await apply_pending_revisions(session, row, conversation)
     stored = Message.from_row(row)
     event = MessageStored(
         message.business_id,

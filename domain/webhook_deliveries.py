@@ -5,6 +5,9 @@ mutation), so a failure loses at most the message in hand, and a redelivery of t
 stores only what is missing. A storage failure propagates: the entry point answers 5xx and
 WhatsApp retries the delivery. A message that breaks a rule is recorded as rejected and the
 rest of the batch goes on.
+
+Edits and revokes are applied after the delivery's messages, each in its own unit of work, so
+a revision and the message it changes work in one delivery whatever their order in it.
 """
 
 import functools
@@ -19,10 +22,16 @@ from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.errors import BadInput
 from domain.events import InboxEvent
+from domain.message_revisions import RevisionOutcome, apply_revision
 from domain.message_statuses import StatusOutcome, record_status
 from domain.messages import ingest_message
 from domain.metrics import InboxMetrics
-from domain.webhook_payloads import RejectedPart, WebhookDelivery, WebhookMessage
+from domain.webhook_payloads import (
+    RejectedPart,
+    WebhookDelivery,
+    WebhookMessage,
+    WebhookRevision,
+)
 
 log = logging.getLogger("wa_inbox.webhooks")
 
@@ -36,6 +45,9 @@ class DeliveryReport:
     statuses_applied: int = 0
     statuses_pending: int = 0
     statuses_stale: int = 0
+    revisions_applied: int = 0
+    revisions_pending: int = 0  # their message is not stored yet
+    revisions_stale: int = 0  # redelivered, overtaken by a later edit, or the message is deleted
     rejected: int = 0
     unknown_numbers: int = 0
     ignored_fields: int = 0
@@ -121,6 +133,12 @@ async def store_delivery(
             for event in outcome.events:
                 on_stored(event)
 
+    for revision in delivery.revisions:
+        if revision.phone_number_id in owners:
+            await _apply_revision(
+                sessions, owners[revision.phone_number_id], revision, report, rejected, on_stored
+            )
+
     for status in delivery.statuses:
         if status.phone_number_id not in owners:
             continue
@@ -145,6 +163,32 @@ async def store_delivery(
         report.rejected = len(rejected)
         metrics.webhook_rejected_parts += len(rejected)
     return report
+
+
+async def _apply_revision(
+    sessions: Sessions,
+    business_id: int,
+    part: WebhookRevision,
+    report: DeliveryReport,
+    rejected: list[RejectedPart],
+    on_stored: Callable[[InboxEvent], None],
+) -> None:
+    revision = part.revision
+    try:
+        result = await apply_revision(sessions, business_id, revision)
+    except BadInput as refused:
+        rejected.append(
+            RejectedPart(part.phone_number_id, revision.provider_message_id, refused.message, None)
+        )
+        return
+    if result.outcome is RevisionOutcome.APPLIED:
+        report.revisions_applied += 1
+    elif result.outcome is RevisionOutcome.KEPT_PENDING:
+        report.revisions_pending += 1
+    else:
+        report.revisions_stale += 1
+    if result.event is not None:
+        on_stored(result.event)
 
 
 async def _already_stored(

@@ -5,24 +5,41 @@ A delivery whose frame is wrong (not an object, no `entry` list, a change withou
 each message and status stands alone: one that cannot be read becomes a `RejectedPart` with a
 reason, and the others are stored. Message types this module does not know are kept with their
 type and raw JSON, never dropped.
+
+Two change fields carry messages: `messages` (what customers send, and statuses of what the
+business sent) and `smb_message_echoes` (what the business typed in the WhatsApp Business app,
+on "coexistence" numbers). A customer's `edit` or `revoke` is not a message of its own but a
+revision of an earlier one (domain/message_revisions.py); a `system` message (a number change)
+names the customer through its `system` object.
 """
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from domain.errors import BadInput
+from domain.message_revisions import Revision, RevisionKind
 from domain.message_statuses import REPORTABLE_STATUSES, StatusUpdate
-from domain.messages import MAX_PROVIDER_MESSAGE_ID_LENGTH, IncomingMessage
+from domain.messages import (
+    MAX_BODY_LENGTH,
+    MAX_PROVIDER_MESSAGE_ID_LENGTH,
+    SYSTEM_MESSAGE_TYPE,
+    IncomingMessage,
+)
 from domain.models import Direction, MessageStatus, Source
 from domain.storable_text import is_storable
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 MESSAGES_FIELD = "messages"
+ECHOES_FIELD = "smb_message_echoes"
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 MAX_MESSAGE_TYPE_LENGTH = 32
+REVISION_TYPES = frozenset(kind.value for kind in RevisionKind)
+# `customer_changed_number` is the name webhooks before v12 gave a number change.
+NUMBER_CHANGE_TYPES = frozenset({"user_changed_number", "customer_changed_number"})
+USER_ID_CHANGE_TYPE = "user_changed_user_id"
 # Unix seconds WhatsApp could plausibly send: 2009-01-01 (WhatsApp's birth) to 2100-01-01.
 _EARLIEST_TIMESTAMP = 1_230_768_000
 _LATEST_TIMESTAMP = 4_102_444_800
@@ -45,6 +62,12 @@ class WebhookStatus:
 
 
 @dataclass(frozen=True)
+class WebhookRevision:
+    phone_number_id: str
+    revision: Revision
+
+
+@dataclass(frozen=True)
 class RejectedPart:
     phone_number_id: str | None
     provider_message_id: str | None
@@ -56,6 +79,7 @@ class RejectedPart:
 class WebhookDelivery:
     messages: list[WebhookMessage] = field(default_factory=list)
     statuses: list[WebhookStatus] = field(default_factory=list)
+    revisions: list[WebhookRevision] = field(default_factory=list)
     rejected: list[RejectedPart] = field(default_factory=list)
     ignored_fields: list[str] = field(default_factory=list)  # changes of other webhook fields
 
@@ -63,6 +87,7 @@ class WebhookDelivery:
     def phone_number_ids(self) -> set[str]:
         numbers = {part.phone_number_id for part in self.messages}
         numbers |= {part.phone_number_id for part in self.statuses}
+        numbers |= {part.phone_number_id for part in self.revisions}
         # Rejected parts are recorded for the business owning their number.
         return numbers | {part.phone_number_id for part in self.rejected if part.phone_number_id}
 
@@ -83,10 +108,12 @@ def read_delivery(payload: Any) -> WebhookDelivery:
         value = change.get("value")
         if not isinstance(field_name, str) or not isinstance(value, dict):
             raise MalformedDelivery('every change has a "field" string and a "value" object')
-        if field_name != MESSAGES_FIELD:
+        if field_name == MESSAGES_FIELD:
+            _read_messages_value(value, delivery)
+        elif field_name == ECHOES_FIELD:
+            _read_echoes_value(value, delivery)
+        else:
             delivery.ignored_fields.append(field_name[:64])
-            continue
-        _read_messages_value(value, delivery)
     return delivery
 
 
@@ -103,7 +130,7 @@ def _changes(payload: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
             yield change
 
 
-def _read_messages_value(value: Mapping[str, Any], delivery: WebhookDelivery) -> None:
+def _phone_number_id(value: Mapping[str, Any], field_name: str) -> str:
     metadata = value.get("metadata")
     phone_number_id = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
     if (
@@ -111,8 +138,12 @@ def _read_messages_value(value: Mapping[str, Any], delivery: WebhookDelivery) ->
         or not phone_number_id.strip()
         or not is_storable(phone_number_id)
     ):
-        raise MalformedDelivery('every "messages" change names its "metadata.phone_number_id"')
-    phone_number_id = phone_number_id.strip()[:64]
+        raise MalformedDelivery(f'every "{field_name}" change names its "metadata.phone_number_id"')
+    return phone_number_id.strip()[:64]
+
+
+def _read_messages_value(value: Mapping[str, Any], delivery: WebhookDelivery) -> None:
+    phone_number_id = _phone_number_id(value, MESSAGES_FIELD)
     messages = value.get("messages", [])
     statuses = value.get("statuses", [])
     contacts = value.get("contacts", [])
@@ -120,12 +151,7 @@ def _read_messages_value(value: Mapping[str, Any], delivery: WebhookDelivery) ->
         raise MalformedDelivery('"messages", "statuses" and "contacts" are lists')
     names = _contact_names(contacts)
     for raw in messages:
-        try:
-            message = _read_message(raw, names)
-        except (_UnreadablePart, BadInput) as unreadable:
-            delivery.rejected.append(_rejected(phone_number_id, raw, unreadable))
-            continue
-        delivery.messages.append(WebhookMessage(phone_number_id, message))
+        _add_part(delivery, phone_number_id, raw, lambda raw: _read_message(raw, names))
     for raw in statuses:
         try:
             update = _read_status(raw)
@@ -133,6 +159,32 @@ def _read_messages_value(value: Mapping[str, Any], delivery: WebhookDelivery) ->
             delivery.rejected.append(_rejected(phone_number_id, raw, unreadable))
             continue
         delivery.statuses.append(WebhookStatus(phone_number_id, update))
+
+
+def _read_echoes_value(value: Mapping[str, Any], delivery: WebhookDelivery) -> None:
+    phone_number_id = _phone_number_id(value, ECHOES_FIELD)
+    echoes = value.get("message_echoes", [])
+    if not isinstance(echoes, list):
+        raise MalformedDelivery('"message_echoes" is a list')
+    for raw in echoes:
+        _add_part(delivery, phone_number_id, raw, _read_echo)
+
+
+def _add_part(
+    delivery: WebhookDelivery,
+    phone_number_id: str,
+    raw: Any,
+    read: Callable[[Any], IncomingMessage | Revision],
+) -> None:
+    try:
+        part = read(raw)
+    except (_UnreadablePart, BadInput) as unreadable:
+        delivery.rejected.append(_rejected(phone_number_id, raw, unreadable))
+        return
+    if isinstance(part, Revision):
+        delivery.revisions.append(WebhookRevision(phone_number_id, part))
+    else:
+        delivery.messages.append(WebhookMessage(phone_number_id, part))
 
 
 @dataclass(frozen=True)
@@ -164,7 +216,8 @@ def _contact_names(contacts: list[Any]) -> dict[str, _Contact]:
     return found
 
 
-def _read_message(raw: Any, contacts: Mapping[str, _Contact]) -> IncomingMessage:
+def _read_message(raw: Any, contacts: Mapping[str, _Contact]) -> IncomingMessage | Revision:
+    """A customer's message, or their edit or revoke of an earlier one."""
     if not isinstance(raw, dict):
         raise _UnreadablePart("a message is a JSON object")
     provider_message_id = _required_string(raw, "id", MAX_PROVIDER_MESSAGE_ID_LENGTH)
@@ -174,29 +227,184 @@ def _read_message(raw: Any, contacts: Mapping[str, _Contact]) -> IncomingMessage
     if contact is not None:
         phone = phone or contact.wa_id
         user_id = user_id or contact.user_id
-    if phone is None and user_id is None:
+    # A system message may name its customer only inside `system` (a user id change).
+    if phone is None and user_id is None and raw.get("type") != SYSTEM_MESSAGE_TYPE:
         raise _UnreadablePart('a message names its sender: "from" or "from_user_id"')
     message_type = _required_string(raw, "type", MAX_MESSAGE_TYPE_LENGTH)
-    body, media_id = _content(raw, message_type)
-    _require_storable_json(raw)
-    return IncomingMessage(
-        phone=phone,
-        wa_user_id=user_id,
+    if message_type in REVISION_TYPES:
+        return _read_revision(raw, message_type, provider_message_id, phone, user_id)
+    names = _CustomerNames(phone, user_id)
+    if message_type == SYSTEM_MESSAGE_TYPE:
+        names = _system_names(raw, names)
+    return _incoming(
+        raw,
+        provider_message_id,
+        message_type,
+        names,
         contact_name=contact.name if contact is not None else None,
         direction=Direction.INBOUND,
         source=Source.CUSTOMER,
+    )
+
+
+def _read_echo(raw: Any) -> IncomingMessage | Revision:
+    """What the business sent from the WhatsApp Business app: `to` is the customer."""
+    if not isinstance(raw, dict):
+        raise _UnreadablePart("a message echo is a JSON object")
+    provider_message_id = _required_string(raw, "id", MAX_PROVIDER_MESSAGE_ID_LENGTH)
+    phone = _optional_string(raw, "to")
+    user_id = _optional_string(raw, "to_user_id")
+    if phone is None and user_id is None:
+        raise _UnreadablePart('a message echo names its customer: "to" or "to_user_id"')
+    message_type = _required_string(raw, "type", MAX_MESSAGE_TYPE_LENGTH)
+    if message_type in REVISION_TYPES:
+        # The business editing or revoking what it sent from the app: the same shape.
+        return _read_revision(raw, message_type, provider_message_id, phone, user_id)
+    return _incoming(
+        raw,
+        provider_message_id,
+        message_type,
+        _CustomerNames(phone, user_id),
+        contact_name=None,
+        direction=Direction.OUTBOUND,
+        source=Source.HUMAN,
+    )
+
+
+@dataclass(frozen=True)
+class _CustomerNames:
+    phone: str | None
+    user_id: str | None
+    previous_phone: str | None = None
+    previous_user_id: str | None = None
+
+
+def _incoming(
+    raw: Mapping[str, Any],
+    provider_message_id: str,
+    message_type: str,
+    names: _CustomerNames,
+    *,
+    contact_name: str | None,
+    direction: Direction,
+    source: Source,
+) -> IncomingMessage:
+    body, media_id = _content(raw, message_type)
+    reply_to_provider_id, forwarded = _context(raw)
+    referral = raw.get("referral")
+    if referral is not None and not isinstance(referral, dict):
+        raise _UnreadablePart('"referral" is a JSON object')
+    _require_storable_json(raw)
+    return IncomingMessage(
+        phone=names.phone,
+        wa_user_id=names.user_id,
+        previous_phone=names.previous_phone,
+        previous_user_id=names.previous_user_id,
+        contact_name=contact_name,
+        direction=direction,
+        source=source,
         body=body,
         provider_message_id=provider_message_id,
         sent_at=_timestamp(raw),
         message_type=message_type,
         media_id=media_id,
         provider_payload=raw,
+        reply_to_provider_id=reply_to_provider_id,
+        forwarded=forwarded,
+        referral=referral,
+    )
+
+
+def _context(raw: Mapping[str, Any]) -> tuple[str | None, bool]:
+    """The provider id of the message this one quotes, and whether it was forwarded."""
+    context = raw.get("context")
+    if context is None:
+        return None, False
+    if not isinstance(context, dict):
+        raise _UnreadablePart('"context" is a JSON object')
+    quoted = _optional_string(context, "id", "context.id")
+    if quoted is not None and len(quoted) > MAX_PROVIDER_MESSAGE_ID_LENGTH:
+        raise _UnreadablePart(
+            f'"context.id" is at most {MAX_PROVIDER_MESSAGE_ID_LENGTH} characters'
+        )
+    # `forwarded`: forwarded up to 5 times; `frequently_forwarded`: more often than that.
+    forwarded = context.get("forwarded") is True or context.get("frequently_forwarded") is True
+    return quoted, forwarded
+
+
+def _system_names(raw: Mapping[str, Any], sender: _CustomerNames) -> _CustomerNames:
+    """Who a system message is about: a number change names the new number (and user id)
+    beside the old ones; any other system notice belongs to its sender."""
+    system = raw.get(SYSTEM_MESSAGE_TYPE)
+    if not isinstance(system, dict):
+        raise _UnreadablePart('a "system" message has a "system" object')
+    kind = _optional_string(system, "type", "system.type")
+    user_id = _optional_string(system, "user_id", "system.user_id")
+    # The sender's own user id (`from_user_id`) is the one the change replaces.
+    previous_user_id = _optional_string(system, "previous_user_id", "system.previous_user_id") or (
+        sender.user_id if sender.user_id != user_id else None
+    )
+    if kind in NUMBER_CHANGE_TYPES:
+        new_phone = _optional_string(system, "wa_id", "system.wa_id") or _optional_string(
+            system, "new_wa_id", "system.new_wa_id"
+        )
+        if new_phone is None:
+            raise _UnreadablePart('a number change names the new number in "system.wa_id"')
+        # Sent from the old number: `from` is the number the customer had.
+        return _CustomerNames(new_phone, user_id, sender.phone, previous_user_id)
+    if kind == USER_ID_CHANGE_TYPE:
+        if user_id is None:
+            raise _UnreadablePart('a user id change names the new one in "system.user_id"')
+        return _CustomerNames(sender.phone, user_id, None, previous_user_id)
+    if sender.phone is None and sender.user_id is None:
+        raise _UnreadablePart('a message names its sender: "from" or "from_user_id"')
+    return sender
+
+
+def _read_revision(
+    raw: Mapping[str, Any],
+    kind: str,
+    provider_message_id: str,
+    phone: str | None,
+    user_id: str | None,
+) -> Revision:
+    """An `edit` (`edit.message` is the message as it reads now) or a `revoke`."""
+    content = raw.get(kind)
+    if not isinstance(content, dict):
+        raise _UnreadablePart(f'a "{kind}" message has a "{kind}" object')
+    original = _required_string(
+        content,
+        "original_message_id",
+        MAX_PROVIDER_MESSAGE_ID_LENGTH,
+        f"{kind}.original_message_id",
+    )
+    body = None
+    if kind == RevisionKind.EDIT.value:
+        edited = content.get("message")
+        if not isinstance(edited, dict):
+            raise _UnreadablePart('"edit.message" is the edited message as a JSON object')
+        edited_type = _required_string(edited, "type", MAX_MESSAGE_TYPE_LENGTH, "edit.message.type")
+        body, _ = _content(edited, edited_type)
+        if body is None:
+            raise _UnreadablePart('"edit.message" carries the new text or caption')
+        if len(body) > MAX_BODY_LENGTH:
+            raise _UnreadablePart(f"an edited text is at most {MAX_BODY_LENGTH} characters")
+    return Revision(
+        kind=RevisionKind(kind),
+        provider_message_id=provider_message_id,
+        original_provider_message_id=original,
+        revised_at=_timestamp(raw),
+        body=body,
+        phone=phone,
+        wa_user_id=user_id,
     )
 
 
 def _content(raw: Mapping[str, Any], message_type: str) -> tuple[str | None, str | None]:
     """The text a thread shows for the message, and its media id, by message type."""
     content = raw.get(message_type)
+    if message_type == SYSTEM_MESSAGE_TYPE:
+        return _system_body(content), None
     if message_type not in _KNOWN_TYPES:
         return None, None
     if message_type == "contacts":
@@ -229,6 +437,16 @@ def _content(raw: Mapping[str, Any], message_type: str) -> tuple[str | None, str
         return _optional_string(content, "text"), None
     # A reaction with an empty emoji removes an earlier one.
     return _optional_string(content, "emoji"), None
+
+
+def _system_body(system: Any) -> str | None:
+    """WhatsApp's own wording of the notice, kept as sent."""
+    text = system.get("body") if isinstance(system, dict) else None
+    if text is None:
+        return None
+    if not isinstance(text, str) or not is_storable(text):
+        raise _UnreadablePart('"system.body" is UTF-8 text without NUL characters')
+    return text if text.strip() else None
 
 
 def _contact_card_names(cards: list[Any]) -> str | None:
@@ -288,23 +506,26 @@ def _timestamp(raw: Mapping[str, Any]) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def _required_string(raw: Mapping[str, Any], key: str, max_length: int | None) -> str:
-    value = _optional_string(raw, key)
+def _required_string(
+    raw: Mapping[str, Any], key: str, max_length: int | None, where: str | None = None
+) -> str:
+    value = _optional_string(raw, key, where)
     if value is None:
-        raise _UnreadablePart(f'"{key}" is a non-empty string')
+        raise _UnreadablePart(f'"{where or key}" is a non-empty string')
     if max_length is not None and len(value) > max_length:
-        raise _UnreadablePart(f'"{key}" is at most {max_length} characters')
+        raise _UnreadablePart(f'"{where or key}" is at most {max_length} characters')
     return value
 
 
-def _optional_string(raw: Mapping[str, Any], key: str) -> str | None:
+def _optional_string(raw: Mapping[str, Any], key: str, where: str | None = None) -> str | None:
+    """`raw[key]` trimmed (None when absent or blank); `where` names it in the reason."""
     value = raw.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _UnreadablePart(f'"{key}" is a string')
+        raise _UnreadablePart(f'"{where or key}" is a string')
     if not is_storable(value):
-        raise _UnreadablePart(f'"{key}" is UTF-8 text without NUL characters')
+        raise _UnreadablePart(f'"{where or key}" is UTF-8 text without NUL characters')
     return value.strip() or None
 
 

@@ -127,15 +127,20 @@ def read_json(body: bytes) -> tuple[bool, Any]:
 
 
 PART_LISTS = ("messages", "statuses", "contacts")
+ECHOES_FIELD = "smb_message_echoes"  # what the business typed in the WhatsApp Business app
+ECHOES = "message_echoes"
+REVISION_TYPES = ("edit", "revoke")  # revise an earlier message, never stored as one
 
 
 def messages_changes(payload: Any) -> list[dict[str, Any]] | None:
-    """The `value` of each "messages" change, or None when `payload` is no delivery frame.
+    """The `value` of each "messages" or "smb_message_echoes" change, or None when `payload`
+    is no delivery frame.
 
     The frame as domain/webhook_payloads.py documents it: an object with "object":
     "whatsapp_business_account" and an "entry" list of objects with a "changes" list of
     objects, each with a "field" string and a "value" object; a "messages" change names a
-    non-blank metadata.phone_number_id and its messages, statuses and contacts are lists.
+    non-blank metadata.phone_number_id and its messages, statuses and contacts are lists; a
+    "smb_message_echoes" change names it too, and its message_echoes are a list.
     """
     if not isinstance(payload, dict) or payload.get("object") != WHATSAPP_OBJECT:
         return None
@@ -152,14 +157,18 @@ def messages_changes(payload: Any) -> list[dict[str, Any]] | None:
             field, value = change.get("field"), change.get("value")
             if not isinstance(field, str) or not isinstance(value, dict):
                 return None
-            if field != "messages":
+            if field not in ("messages", ECHOES_FIELD):
                 continue
             metadata = value.get("metadata")
             number = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
             if not isinstance(number, str) or not number.strip():
                 return None
-            if not all(isinstance(value.get(key, []), list) for key in PART_LISTS):
+            lists = PART_LISTS if field == "messages" else (ECHOES,)
+            if not all(isinstance(value.get(key, []), list) for key in lists):
                 return None
+            # An echoes change carries its parts under message_echoes only.
+            if field == ECHOES_FIELD:
+                value = {"metadata": metadata, ECHOES: value.get(ECHOES, [])}
             values.append(value)
     return values
 
@@ -378,7 +387,7 @@ TIMESTAMPS = st.one_of(
 BODIES = st.one_of(st.just("hello"), TEXTS, JSON_VALUES)
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
 MESSAGE_TYPES = ("text", *MEDIA_TYPES, "location", "contacts", "interactive", "button")
-MESSAGE_TYPES += ("reaction", "unsupported", "order", "system")
+MESSAGE_TYPES += ("reaction", "unsupported", "order", "system", *REVISION_TYPES)
 
 
 def contents(message_type: Any) -> st.SearchStrategy[Any]:
@@ -408,6 +417,33 @@ def contents(message_type: Any) -> st.SearchStrategy[Any]:
         return st.fixed_dictionaries({"text": BODIES, "payload": TEXTS})
     if message_type == "reaction":
         return st.fixed_dictionaries({"message_id": TEXTS, "emoji": BODIES})
+    if message_type == "system":
+        return st.fixed_dictionaries(
+            {
+                "type": st.one_of(
+                    st.sampled_from(
+                        ["user_changed_number", "customer_changed_number", "user_changed_user_id"]
+                    ),
+                    TEXTS,
+                    JSON_VALUES,
+                )
+            },
+            optional={
+                "body": BODIES,
+                "wa_id": SENDERS,
+                "new_wa_id": SENDERS,
+                "user_id": USER_IDS,
+                "previous_user_id": USER_IDS,
+            },
+        )
+    if message_type in REVISION_TYPES:
+        edited = st.fixed_dictionaries(
+            {"type": st.just("text"), "text": st.fixed_dictionaries({"body": BODIES})}
+        )
+        return st.fixed_dictionaries(
+            {"original_message_id": st.one_of(st.just(FRESH_ID), PROVIDER_IDS)},
+            optional={"message": st.one_of(edited, JSON_VALUES)} if message_type == "edit" else {},
+        )
     return JSON_VALUES
 
 
@@ -456,7 +492,7 @@ def with_fresh_provider_ids(payload: dict[str, Any]) -> dict[str, Any]:
     """The sample with every message and status id replaced by FRESH_ID."""
     for entry in payload["entry"]:
         for change in entry["changes"]:
-            for key in ("messages", "statuses"):
+            for key in ("messages", "statuses", ECHOES):
                 for part in change["value"].get(key, []):
                     part["id"] = FRESH_ID
     return payload
@@ -543,8 +579,13 @@ async def table_counts(db: asyncpg.Connection) -> Counter[str]:
 
 
 def parts_of(values: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
-    """The messages and statuses of `values`."""
-    messages = [message for value in values for message in value.get("messages", [])]
+    """The messages (echoes included) and statuses of `values`."""
+    messages = [
+        message
+        for value in values
+        for key in ("messages", ECHOES)
+        for message in value.get(key, [])
+    ]
     statuses = [status for value in values for status in value.get("statuses", [])]
     return messages, statuses
 
@@ -552,21 +593,25 @@ def parts_of(values: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
 def accounted_parts(report: dict[str, int]) -> int:
     keys = ("stored", "duplicates", "rejected")
     keys += ("statuses_applied", "statuses_pending", "statuses_stale")
+    keys += ("revisions_applied", "revisions_pending", "revisions_stale")
     return sum(report[key] for key in keys)
 
 
 async def assert_each_message_stored_once_or_rejected(
     db: asyncpg.Connection, messages: list[Any], context: str
 ) -> None:
-    """Every message with a readable id is in whatsapp_message once, or recorded as rejected."""
-    ids = [
-        message["id"]
+    """Every message with a readable id is in whatsapp_message once, or recorded as rejected;
+    an edit or revoke is never stored as a message (the report accounts for it)."""
+    readable = [
+        message
         for message in messages
         if isinstance(message, dict)
         and isinstance(message.get("id"), str)
         and is_storable(message["id"])
         and message["id"].strip()
     ]
+    revisions = [message["id"] for message in readable if is_revision(message)]
+    ids = [message["id"] for message in readable if not is_revision(message)]
     spellings = sorted({spelling for pid in ids for spelling in (pid, pid.strip(), pid[:128])})
     stored = Counter(
         row["provider_message_id"]
@@ -589,6 +634,16 @@ async def assert_each_message_stored_once_or_rejected(
         assert stored[pid.strip()] == 1 or recorded, (
             f"{pid!r} neither stored nor rejected\n{context}"
         )
+    revision_spellings = sorted({spelling for pid in revisions for spelling in (pid, pid.strip())})
+    assert not await db.fetchval(
+        "SELECT count(*) FROM whatsapp_message WHERE provider_message_id = ANY($1::text[])",
+        revision_spellings,
+    ), f"an edit or revoke was stored as a message\n{context}"
+
+
+def is_revision(message: dict[str, Any]) -> bool:
+    kind = message.get("type")
+    return isinstance(kind, str) and is_storable(kind) and kind.strip() in REVISION_TYPES
 
 
 async def assert_stored_once_or_rejected(

@@ -134,7 +134,8 @@ async def restart_ids(db: asyncpg.Connection, first_ids: dict[str, int]) -> None
 
 
 async def seed_business_one(client: GraphQLClient, http: httpx.AsyncClient) -> None:
-    """Threads by phone, by lead and from a webhook; statuses, a pending status, a rejection."""
+    """Threads by phone, by lead and from a webhook; statuses, a pending status, a pending
+    edit, a rejection."""
     await connect_channel(client, B1_NUMBER, B1_DISPLAY_NUMBER)
     await ingest(
         client, phone=B1_PHONE, body=f"{MARKER}-inbound", providerMessageId=f"wamid.{MARKER}-IN"
@@ -191,6 +192,17 @@ async def seed_business_one(client: GraphQLClient, http: httpx.AsyncClient) -> N
                 ),
                 image,
                 text_message(f"wamid.{MARKER}-REJECTED", body="   "),
+                # An edit of a message not stored yet: kept until that message arrives.
+                {
+                    "id": f"wamid.{MARKER}-EDIT",
+                    "from": B1_WEBHOOK_SENDER,
+                    "timestamp": "1764000060",
+                    "type": "edit",
+                    "edit": {
+                        "original_message_id": f"wamid.{MARKER}-NOT-YET",
+                        "message": {"type": "text", "text": {"body": f"{MARKER}-edited"}},
+                    },
+                },
             ],
             statuses=[
                 status(
@@ -207,6 +219,7 @@ async def seed_business_one(client: GraphQLClient, http: httpx.AsyncClient) -> N
     assert response.status_code == 200, report
     assert (report["stored"], report["rejected"]) == (2, 1), report
     assert (report["statuses_applied"], report["statuses_pending"]) == (1, 1), report
+    assert report["revisions_pending"] == 1, report
 
 
 async def seed_two_businesses(
@@ -506,6 +519,11 @@ def values_by_role(rows: TenantRows) -> dict[str, list[str]]:
         for table in ("whatsapp_message", "whatsapp_pending_status", "whatsapp_webhook_rejection")
         for row in rows[table]
         if row["provider_message_id"]
+    }
+    provider_ids |= {
+        row[column]
+        for row in rows["whatsapp_pending_revision"]
+        for column in ("original_provider_message_id", "revision_provider_message_id")
     }
     return {
         "thread_id": [str(row["id"]) for row in conversations],
