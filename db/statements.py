@@ -650,6 +650,19 @@ async def find_message_by_provider_id(
     return result.mappings().first()
 
 
+async def messages_by_provider_ids(
+    session: AsyncSession, business_id: int, provider_message_ids: Sequence[str]
+) -> dict[str, RowMapping]:
+    """The business's messages with these provider ids, in one statement; absent ids are absent."""
+    result = await session.execute(
+        select(messages).where(
+            messages.c.business_id == business_id,
+            messages.c.provider_message_id.in_(provider_message_ids),
+        )
+    )
+    return {row["provider_message_id"]: row for row in result.mappings()}
+
+
 async def find_latest_conversation_by_phone(
     session: AsyncSession, business_id: int, phone_e164: str
 ) -> RowMapping | None:

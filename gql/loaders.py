@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 from strawberry.dataloader import DataLoader
 
-from domain import threads
+from domain import replies, threads
 from domain.models import Message, Thread
 
 T = TypeVar("T")
@@ -23,5 +23,10 @@ class Loaders:
             found = await run_read(lambda s: threads.latest_messages(s, business_id, ids))
             return [found.get(thread_id) for thread_id in ids]
 
+        async def load_quoted_messages(provider_ids: Sequence[str]) -> list[Message | None]:
+            found = await run_read(lambda s: replies.quoted_messages(s, business_id, provider_ids))
+            return [found.get(provider_id) for provider_id in provider_ids]
+
         self.thread = DataLoader(load_fn=load_threads)
         self.last_message = DataLoader(load_fn=load_last_messages)
+        self.quoted_message = DataLoader(load_fn=load_quoted_messages)

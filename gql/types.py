@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry import UNSET
@@ -70,6 +71,51 @@ class PageInfo:
         )
 
 
+@strawberry.type(
+    name="AdReferral",
+    description=(
+        "The click-to-WhatsApp ad (or post) that brought the customer, as WhatsApp described "
+        "it on their first message from it."
+    ),
+)
+class AdReferral:
+    source_url: str | None = strawberry.field(description="The URL of the ad or post.")
+    source_type: str | None = strawberry.field(description='What was clicked: "ad" or "post".')
+    source_id: str | None = strawberry.field(description="Meta's id of the ad or post.")
+    headline: str | None = strawberry.field(description="The ad's headline.")
+    body: str | None = strawberry.field(description="The ad's text.")
+    media_type: str | None = strawberry.field(description='The ad\'s media: "image" or "video".')
+    image_url: str | None = strawberry.field(description="The ad's image (image ads).")
+    video_url: str | None = strawberry.field(description="The ad's video (video ads).")
+    thumbnail_url: str | None = strawberry.field(description="The video's thumbnail.")
+    ctwa_clid: str | None = strawberry.field(
+        description="The click id Meta's Conversions API takes to attribute the conversation."
+    )
+
+    @classmethod
+    def from_payload(cls, referral: Any) -> "AdReferral | None":
+        """The ad's fields from WhatsApp's `referral` object (fields that are not text: null)."""
+        if not isinstance(referral, dict):
+            return None
+
+        def text(key: str) -> str | None:
+            value = referral.get(key)
+            return value if isinstance(value, str) else None
+
+        return cls(
+            source_url=text("source_url"),
+            source_type=text("source_type"),
+            source_id=text("source_id"),
+            headline=text("headline"),
+            body=text("body"),
+            media_type=text("media_type"),
+            image_url=text("image_url"),
+            video_url=text("video_url"),
+            thumbnail_url=text("thumbnail_url"),
+            ctwa_clid=text("ctwa_clid"),
+        )
+
+
 @strawberry.type(name="Message")
 class MessageType:
     id: strawberry.ID
@@ -77,7 +123,12 @@ class MessageType:
     direction: MessageDirection
     source: MessageSource
     status: MessageStatus
-    body: str | None
+    body: str | None = strawberry.field(
+        description=(
+            "The text the thread shows (a caption, a location's name, ...); after an edit, the "
+            "edited text. Null for DELETED messages."
+        )
+    )
     provider_message_id: str | None
     sent_at: datetime
     created_at: datetime
@@ -91,12 +142,48 @@ class MessageType:
         description="The Cloud API media id of an image, video, audio, document or sticker."
     )
     provider_payload: JSON | None = strawberry.field(
-        description="The message exactly as WhatsApp delivered it (webhook messages only)."
+        description=(
+            "The message exactly as WhatsApp delivered it (webhook messages only). Null for "
+            "DELETED messages: it holds their text."
+        )
     )
     delivery_error: "DeliveryError | None" = strawberry.field(
         description="Why WhatsApp could not deliver an outbound message (status FAILED)."
     )
+    reply_to_provider_id: str | None = strawberry.field(
+        description=(
+            "The provider message id of the message this one replies to (WhatsApp's "
+            "`context.id`), kept whether or not that message is stored."
+        )
+    )
+    forwarded: bool = strawberry.field(
+        description="WhatsApp marked the message forwarded (or frequently forwarded)."
+    )
+    referral: AdReferral | None = strawberry.field(
+        description="The click-to-WhatsApp ad the customer came from, on the message it sent."
+    )
+    edited_at: datetime | None = strawberry.field(
+        description="When the customer last edited the message (null: never edited)."
+    )
+    original_body: str | None = strawberry.field(
+        description=(
+            "The text as first stored, before the customer's first edit; null when never "
+            "edited, and for DELETED messages. `body` holds the edited text."
+        )
+    )
     row_thread_id: strawberry.Private[int]
+
+    @strawberry.field(
+        description=(
+            "The message this one replies to, when it is stored (null otherwise; "
+            "`replyToProviderId` still names it)."
+        )
+    )
+    async def reply_to(self, info: Info[Context, None]) -> "MessageType | None":
+        if self.reply_to_provider_id is None:
+            return None
+        quoted = await info.context.loaders.quoted_message.load(self.reply_to_provider_id)
+        return MessageType.from_domain(quoted) if quoted is not None else None
 
     @strawberry.field
     async def thread(self, info: Info[Context, None]) -> "ThreadType":
@@ -107,22 +194,29 @@ class MessageType:
 
     @classmethod
     def from_domain(cls, message: Message) -> "MessageType":
+        # A deleted (or revoked) message stays in its thread; what it said does not show.
+        deleted = message.status is models.MessageStatus.DELETED
         return cls(
             id=strawberry.ID(str(message.id)),
             thread_id=strawberry.ID(str(message.thread_id)),
             direction=MessageDirection[message.direction.name],
             source=MessageSource[message.source.name],
             status=MessageStatus[message.status.name],
-            body=message.body,
+            body=None if deleted else message.body,
             provider_message_id=message.provider_message_id,
             sent_at=message.sent_at,
             created_at=message.created_at,
             type=message.message_type,
             media_id=message.media_id,
-            provider_payload=message.provider_payload,
+            provider_payload=None if deleted else message.provider_payload,
             delivery_error=DeliveryError(code=message.error_code, title=message.error_title)
             if message.error_code is not None or message.error_title is not None
             else None,
+            reply_to_provider_id=message.reply_to_provider_id,
+            forwarded=message.forwarded,
+            referral=AdReferral.from_payload(message.referral),
+            edited_at=message.edited_at,
+            original_body=None if deleted else message.original_body,
             row_thread_id=message.thread_id,
         )
 

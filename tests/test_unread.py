@@ -163,6 +163,7 @@ async def test_deleted_inbound_message_no_longer_counts(client: GraphQLClient) -
         {"id": gone["message"]["id"]},
     )
     assert deleted["deleteMessage"]["status"] == "DELETED"
+    assert deleted["deleteMessage"]["body"] is None  # kept in the thread, its text hidden
     assert await thread_unread(client, kept["thread"]["id"]) == 1
     assert await badge(client) == 1
     # Deleting it again changes nothing.
