@@ -27,6 +27,11 @@ class Loaders:
             found = await run_read(lambda s: replies.quoted_messages(s, business_id, provider_ids))
             return [found.get(provider_id) for provider_id in provider_ids]
 
+        async def load_phones(ids: Sequence[int]) -> list[list[str]]:
+            found = await run_read(lambda s: threads.phones_of(s, business_id, ids))
+            return [found.get(thread_id, []) for thread_id in ids]
+
         self.thread = DataLoader(load_fn=load_threads)
+        self.phones = DataLoader(load_fn=load_phones)
         self.last_message = DataLoader(load_fn=load_last_messages)
         self.quoted_message = DataLoader(load_fn=load_quoted_messages)

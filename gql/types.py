@@ -273,6 +273,17 @@ class ThreadType:
         # The thread's counter, read with its row: no statement of its own.
         return self.row_unread_count
 
+    @strawberry.field(
+        description=(
+            "Every phone that names this customer: `phone` (the latest they wrote from) first, "
+            "then a lead's other phones and earlier numbers, which all lead to this thread."
+        )
+    )
+    async def phones(self, info: Info[Context, None]) -> list[str]:
+        found: list[str] = await info.context.loaders.phones.load(self.row_id)
+        current = [self.phone] if self.phone in found else []
+        return current + [phone for phone in found if phone != self.phone]
+
     @strawberry.field(description="The latest message by sentAt.")
     async def last_message(self, info: Info[Context, None]) -> MessageType | None:
         latest = await info.context.loaders.last_message.load(self.row_id)

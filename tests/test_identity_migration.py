@@ -24,7 +24,7 @@ from tests.test_unread_counters import (
 THREAD = """
 query Thread($id: ID, $phone: String, $leadId: ID) {
   thread(id: $id, phone: $phone, leadId: $leadId) {
-    id canonicalKey leadId unreadCount
+    id canonicalKey leadId unreadCount phones
     messages(first: 100) { edges { node { body } } }
   }
 }
@@ -135,6 +135,7 @@ async def test_migration_merges_split_phone_threads_into_their_lead_and_links_le
         by_old_id = (await client.execute(THREAD, {"id": str(phone_thread)}))["thread"]
         assert by_phone == by_lead == by_old_id
         assert by_lead["id"] == str(lead_thread)
+        assert by_lead["phones"] == ["+14155550001"]
         assert [edge["node"]["body"] for edge in by_lead["messages"]["edges"]] == [
             "lead 1",
             "phone 1",
@@ -151,6 +152,11 @@ async def test_migration_merges_split_phone_threads_into_their_lead_and_links_le
         later = await ingest(client, phone="+14155550001", body="after the migration")
         assert later["thread"]["id"] == str(lead_thread)
         assert later["thread"]["unreadCount"] == 4
+        # A second phone of the lead: both name its thread, the latest one first.
+        second = await ingest(client, phone="+14155550005", leadId="77", body="new phone")
+        assert second["thread"]["id"] == str(lead_thread)
+        phones = (await client.execute(THREAD, {"phone": "+14155550001"}))["thread"]["phones"]
+        assert phones == ["+14155550005", "+14155550001"]
         await assert_counters_equal_the_definition(client, db, 1)
     ambiguous = await db.fetchval(
         "SELECT count(*) FROM whatsapp_conversation_alias WHERE alias_key = $1",
