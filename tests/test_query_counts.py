@@ -13,7 +13,7 @@ query Threads($first: Int!) {
       cursor
       node {
         id canonicalKey phone leadId status startedAt lastMessageAt lastReadAt
-        unreadCount
+        unreadCount phones
         lastMessage { id body sentAt thread { id } }
       }
     }
