@@ -336,8 +336,9 @@ async def _store(
         raise _ProviderIdTaken
     if message.counts_unread:
         await statements.add_business_unread(session, message.business_id, conversation["id"], 1)
-    if message.provider_message_id is not None:
-        # After counting: a revoke that came first un-counts the message as deleteMessage does.
+    if message.provider_message_id is not None and message.direction is Direction.INBOUND:
+        # Customers edit and revoke their own messages. After counting: a revoke that came
+        # first un-counts the message as deleteMessage does.
         row, conversation = await apply_pending_revisions(session, row, conversation)
     stored = Message.from_row(row)
     event = MessageStored(
