@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from tests.conftest import GraphQLClient, StatementCounter, ingest
 from tests.live import UNREAD_COUNT_CHANGED, GraphQLSocket, serving
+from tests.test_unread_counters import assert_counters_equal_the_definition
 from tests.webhooks import connect_channel, delivery, post_delivery, sample, text_message
 
 CUSTOMER = "+16505551234"
@@ -58,19 +59,6 @@ query Thread($phone: String, $id: ID) {
 
 BADGE = "query { unreadCount }"
 
-# The unread rule itself (README "Unread"), per thread; the counters must always equal it.
-UNREAD_BY_DEFINITION = """
-SELECT c.id, c.unread_count,
-       count(m.id) FILTER (
-           WHERE m.direction = 'in' AND NOT m.historical AND m.status <> 'deleted'
-             AND m.message_type <> 'system' AND m.seq > c.read_seq
-       ) AS defined
-FROM whatsapp_conversation c
-LEFT JOIN whatsapp_message m ON m.conversation_id = c.id
-WHERE c.business_id = 1
-GROUP BY c.id
-"""
-
 
 @pytest.fixture
 async def inbox(client: GraphQLClient) -> GraphQLClient:
@@ -108,16 +96,9 @@ async def badge(client: GraphQLClient) -> int:
     return count
 
 
-async def assert_counters_exact(db: asyncpg.Connection) -> int:
-    """Each thread's counter and the business total equal the definition; returns the total."""
-    rows = await db.fetch(UNREAD_BY_DEFINITION)
-    for row in rows:
-        assert row["unread_count"] == row["defined"], dict(row)
-    total = await db.fetchval(
-        "SELECT coalesce(sum(unread), 0) FROM whatsapp_business_unread WHERE business_id = 1"
-    )
-    assert total == sum(row["defined"] for row in rows)
-    return int(total)
+async def assert_counters_exact(client: GraphQLClient, db: asyncpg.Connection) -> int:
+    """Stored counters and what the API shows equal the unread rule; returns the total."""
+    return sum((await assert_counters_equal_the_definition(client, db, 1)).values())
 
 
 def photo(caption: str = PHOTO_CAPTION, provider_id: str = PHOTO_ID) -> dict[str, Any]:
@@ -324,7 +305,7 @@ async def test_a_business_app_echo_is_an_outbound_human_message_in_the_customers
     assert (echo["direction"], echo["source"], echo["status"]) == ("OUTBOUND", "HUMAN", "SENT")
     assert (echo["type"], echo["body"]) == ("text", "Yes, we are open until 6pm today.")
     assert echo["sentAt"] == "2026-08-07T13:00:00+00:00"
-    assert await assert_counters_exact(db) == 1
+    assert await assert_counters_exact(inbox, db) == 1
 
 
 async def test_an_echo_to_a_customer_known_by_user_id_alone_lands_in_their_thread(
@@ -372,7 +353,7 @@ async def test_the_business_revoking_what_it_sent_from_the_app_deletes_that_mess
         "DELETED",
         None,
     )
-    assert await assert_counters_exact(db) == 0
+    assert await assert_counters_exact(inbox, db) == 0
 
 
 # --- customers' edits and revokes ----------------------------------------------------------
@@ -389,7 +370,7 @@ async def test_an_edit_replaces_the_text_and_keeps_the_first_one(
     assert message["body"] == EDITED_CAPTION
     assert message["originalBody"] == PHOTO_CAPTION
     assert message["editedAt"] == EDIT_AT.isoformat()
-    assert await assert_counters_exact(db) == 1
+    assert await assert_counters_exact(inbox, db) == 1
 
 
 async def test_edits_and_revokes_no_longer_count_as_new_unread_messages(
@@ -408,7 +389,7 @@ async def test_edits_and_revokes_no_longer_count_as_new_unread_messages(
         (REPLY_ID, "DELETED"),
         (PHOTO_ID, "RECEIVED"),
     ]
-    assert await assert_counters_exact(db) == 1
+    assert await assert_counters_exact(inbox, db) == 1
 
 
 async def test_a_revoke_deletes_the_message_lowers_both_unread_counts_and_hides_its_text(
@@ -434,7 +415,7 @@ async def test_a_revoke_deletes_the_message_lowers_both_unread_counts_and_hides_
         )
         == "Yes, Thursday works for the delivery"
     )
-    assert await assert_counters_exact(db) == 1
+    assert await assert_counters_exact(inbox, db) == 1
 
 
 async def test_a_revoke_of_a_read_message_leaves_the_counts_alone(
@@ -447,7 +428,7 @@ async def test_a_revoke_of_a_read_message_leaves_the_counts_alone(
     )
     await deliver(http, sample("revoke_coexistence"))
     assert (await message_with(inbox, REPLY_ID))["status"] == "DELETED"
-    assert await assert_counters_exact(db) == 0
+    assert await assert_counters_exact(inbox, db) == 0
 
 
 async def test_a_revoke_that_lowers_the_unread_count_is_announced_once(
@@ -503,7 +484,7 @@ async def test_redelivered_edits_and_revokes_change_nothing_more(
     assert (photo_now["body"], photo_now["originalBody"]) == (EDITED_CAPTION, PHOTO_CAPTION)
     assert (await message_with(inbox, REPLY_ID))["status"] == "DELETED"
     assert await db.fetchval("SELECT count(*) FROM whatsapp_message") == 2
-    assert await assert_counters_exact(db) == 1
+    assert await assert_counters_exact(inbox, db) == 1
 
 
 async def test_of_several_edits_the_latest_wins_whatever_order_they_arrive_in(
@@ -592,7 +573,7 @@ async def test_a_revision_before_its_message_is_applied_when_the_message_is_stor
         assert (message["status"], message["body"]) == ("DELETED", None)
         assert found["unreadCount"] == 0
     assert await badge(inbox) == found["unreadCount"]
-    assert await assert_counters_exact(db) == found["unreadCount"]
+    assert await assert_counters_exact(inbox, db) == found["unreadCount"]
     assert await db.fetchval("SELECT count(*) FROM whatsapp_pending_revision") == 0
 
 
@@ -605,7 +586,7 @@ async def test_an_edit_and_a_revoke_before_their_message_leave_it_deleted(
     await deliver(http, photo())
     message = await message_with(inbox, PHOTO_ID)
     assert (message["status"], message["body"]) == ("DELETED", None)
-    assert await assert_counters_exact(db) == 1
+    assert await assert_counters_exact(inbox, db) == 1
 
 
 @pytest.mark.parametrize("revision_first", [True, False])
@@ -624,7 +605,7 @@ async def test_a_revision_and_its_message_in_one_delivery_work_in_either_order(
     message = await message_with(inbox, PHOTO_ID)
     expected = ("RECEIVED", EDITED_CAPTION) if kind == "edit" else ("DELETED", None)
     assert (message["status"], message["body"]) == expected
-    assert await assert_counters_exact(db) == (1 if kind == "edit" else 0)
+    assert await assert_counters_exact(inbox, db) == (1 if kind == "edit" else 0)
 
 
 async def test_revisions_racing_their_messages_end_applied_with_exact_counts(
@@ -647,7 +628,7 @@ async def test_revisions_racing_their_messages_end_applied_with_exact_counts(
     )
     assert [row["status"] for row in rows] == ["deleted"] * rounds
     assert await db.fetchval("SELECT count(*) FROM whatsapp_pending_revision") == 0
-    assert await assert_counters_exact(db) == 0
+    assert await assert_counters_exact(inbox, db) == 0
     assert await badge(inbox) == 0
 
 
@@ -664,7 +645,7 @@ async def test_an_edit_only_the_business_app_shows_is_stored_as_an_unsupported_m
     assert (notice["type"], notice["body"]) == ("unsupported", None)
     assert notice["providerPayload"]["unsupported"] == {"type": "edit"}
     assert notice["providerPayload"]["errors"][0]["code"] == 131051
-    assert await assert_counters_exact(db) == 2
+    assert await assert_counters_exact(inbox, db) == 2
 
 
 @pytest.mark.parametrize(
@@ -760,7 +741,7 @@ async def test_after_a_number_change_the_conversation_goes_on_in_one_thread(
     assert (notice["direction"], notice["source"]) == ("INBOUND", "CUSTOMER")
     # The notice is shown, never unread: the two messages around it are.
     assert by_old["unreadCount"] == 2
-    assert await assert_counters_exact(db) == 2
+    assert await assert_counters_exact(inbox, db) == 2
     assert await db.fetchval("SELECT count(*) FROM whatsapp_conversation") == 1
 
 
@@ -783,7 +764,7 @@ async def test_a_number_change_merges_the_thread_the_new_number_already_had(
     ]
     assert by_old["unreadCount"] == 2
     assert await badge(inbox) == 2
-    assert await assert_counters_exact(db) == 2
+    assert await assert_counters_exact(inbox, db) == 2
     assert await db.fetchval("SELECT count(*) FROM whatsapp_conversation") == 1
 
 
@@ -807,7 +788,7 @@ async def test_a_number_change_is_stored_once_however_often_it_is_delivered(
     assert sum(report["stored"] for report in reports) == 1
     assert await db.fetchval("SELECT count(*) FROM whatsapp_message") == 2
     assert await db.fetchval("SELECT count(*) FROM whatsapp_conversation") == 1
-    assert await assert_counters_exact(db) == 1
+    assert await assert_counters_exact(inbox, db) == 1
 
 
 async def test_a_number_change_without_the_new_number_is_a_rejected_part(
@@ -847,7 +828,7 @@ async def test_after_a_user_id_change_the_new_user_id_leads_to_the_same_thread(
         "User Sheena Nelson changed from US.13491208655302741918 to US.20778135511460392657"
     )
     assert found["unreadCount"] == 2
-    assert await assert_counters_exact(db) == 2
+    assert await assert_counters_exact(inbox, db) == 2
     assert await db.fetchval("SELECT count(*) FROM whatsapp_conversation") == 1
 
 
@@ -865,7 +846,7 @@ async def test_a_system_notice_of_another_kind_is_kept_in_the_senders_thread_nev
     assert report["stored"] == 1, report
     (stored,) = await messages_of(inbox)
     assert (stored["type"], stored["body"]) == ("system", "Messages are now end-to-end encrypted")
-    assert await assert_counters_exact(db) == 0
+    assert await assert_counters_exact(inbox, db) == 0
 
 
 @pytest.mark.parametrize(
