@@ -247,7 +247,7 @@ def _read_message(raw: Any, contacts: Mapping[str, _Contact]) -> IncomingMessage
     )
 
 
-def _read_echo(raw: Any) -> IncomingMessage | Revision:
+def _read_echo(raw: Any) -> IncomingMessage:
     """What the business sent from the WhatsApp Business app: `to` is the customer."""
     if not isinstance(raw, dict):
         raise _UnreadablePart("a message echo is a JSON object")
@@ -258,8 +258,12 @@ def _read_echo(raw: Any) -> IncomingMessage | Revision:
         raise _UnreadablePart('a message echo names its customer: "to" or "to_user_id"')
     message_type = _required_string(raw, "type", MAX_MESSAGE_TYPE_LENGTH)
     if message_type in REVISION_TYPES:
-        # The business editing or revoking what it sent from the app: the same shape.
-        return _read_revision(raw, message_type, provider_message_id, phone, user_id)
+        # Only customers' revisions are applied (one that came first waits for an inbound
+        # message): recorded for operators rather than stored as a message of its own.
+        raise _UnreadablePart(
+            f'an "{message_type}" of what the business sent from the WhatsApp Business app is '
+            "not applied"
+        )
     return _incoming(
         raw,
         provider_message_id,

@@ -335,10 +335,11 @@ async def test_an_echo_without_its_customer_is_a_rejected_part(
     assert (report["stored"], report["rejected"]) == (0, 1), report
 
 
-async def test_the_business_revoking_what_it_sent_from_the_app_deletes_that_message(
+async def test_the_business_revoking_what_it_sent_from_the_app_is_a_rejected_part(
     inbox: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    # The same shape as a customer's revoke, in the echoes change (not among the samples).
+    # Only customers' edits and revokes are applied; the business's own (the same shape in the
+    # echoes change, not among the samples) is recorded, never stored as a message.
     await deliver(http, sample("smb_message_echoes"))
     payload = sample("smb_message_echoes")
     echo = payload["entry"][0]["changes"][0]["value"]["message_echoes"][0]
@@ -346,14 +347,16 @@ async def test_the_business_revoking_what_it_sent_from_the_app_deletes_that_mess
     del echo["text"]
     echo.update(id="wamid.echo-revoke", type="revoke", revoke={"original_message_id": sent_id})
     report = await deliver(http, payload)
-    assert (report["stored"], report["revisions_applied"]) == (0, 1), report
+    assert (report["stored"], report["rejected"], report["revisions_applied"]) == (0, 1, 0)
     (message,) = await messages_of(inbox)
-    assert (message["direction"], message["status"], message["body"]) == (
-        "OUTBOUND",
-        "DELETED",
-        None,
+    assert (message["status"], message["body"]) == ("SENT", "Yes, we are open until 6pm today.")
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM whatsapp_webhook_rejection WHERE provider_message_id = $1",
+            "wamid.echo-revoke",
+        )
+        == 1
     )
-    assert await assert_counters_exact(inbox, db) == 0
 
 
 # --- customers' edits and revokes ----------------------------------------------------------
