@@ -42,7 +42,8 @@ class RevisionKind(Enum):
 @dataclass(frozen=True)
 class Revision:
     """An edit or revoke as WhatsApp delivered it: its own id, and the id of the message it
-    changes. `phone` / `wa_user_id` name the customer who sent it (for the log)."""
+    changes. `phone` / `wa_user_id` name the customer who sent it; the original is found by
+    its id alone (WhatsApp only lets senders revise their own messages)."""
 
     kind: RevisionKind
     provider_message_id: str
