@@ -106,6 +106,7 @@ B1_LEAD = f"{MARKER}-LEAD-7"
 B1_USER_ID = f"US.{MARKER}-USER"
 B2_NUMBER = SECOND_PHONE_NUMBER_ID
 B2_PHONE = "+14155550201"
+B2_LEAD_PHONE = "+14155550202"
 
 # Business 1's rows get ids no other row has, so that one of them appearing anywhere in business
 # 2's answers, even inside an opaque cursor, is found by a plain substring search.
@@ -118,6 +119,9 @@ B1_FIRST_IDS = {
 LATER_FIRST_ID = 1_000
 
 B1_MERGED_PHONE = "+14155550109"
+B1_LIVE_MERGED_PHONE = "+14155550110"
+B1_LIVE_LEAD_PHONE = "+14155550111"
+B1_LIVE_LEAD = f"{MARKER}-LIVE-LEAD"
 
 TenantRows = dict[str, list[dict[str, Any]]]
 
@@ -757,10 +761,14 @@ async def until_members(app: Starlette, members: int) -> None:
 async def touch_every_thread(
     client: GraphQLClient, http: httpx.AsyncClient, rows: TenantRows
 ) -> None:
-    """New inbound messages in each of business 1's threads, then each marked read."""
+    """New inbound messages in each of business 1's threads, a merge, then each marked read."""
     for row in rows["whatsapp_conversation"]:
         extra = {"leadId": row["lead_id"]} if row["lead_id"] else {}
         await ingest(client, phone=row["phone_e164"], body=f"{MARKER}-live", **extra)
+    # A phone thread and a lead thread that turn out to be one customer: merged.
+    await ingest(client, phone=B1_LIVE_MERGED_PHONE, body=f"{MARKER}-live-phone")
+    await ingest(client, phone=B1_LIVE_LEAD_PHONE, leadId=B1_LIVE_LEAD, body=f"{MARKER}-live-lead")
+    await ingest(client, phone=B1_LIVE_MERGED_PHONE, leadId=B1_LIVE_LEAD, body=f"{MARKER}-live")
     live = text_message(f"wamid.{MARKER}-LIVE", sender=B1_WEBHOOK_SENDER, body=f"{MARKER}-hook")
     hook = delivery(messages=[live], phone_number_id=B1_NUMBER)
     assert (await post_delivery(http, hook)).status_code == 200
@@ -805,13 +813,17 @@ async def test_business_two_subscribed_with_business_one_values_receives_nothing
         intruded = await frames_by_operation(intruder, wait_s=1.0)
         assert intruded == {}, f"business 2 received business 1's events: {intruded}"
 
-        # Business 2's own events still arrive, and carry nothing of business 1.
-        await ingest(client.as_business(2), phone=B2_PHONE, body="business two again")
+        # Business 2's own events still arrive (a merge of its own included), and carry
+        # nothing of business 1.
+        second = client.as_business(2)
+        await ingest(second, phone=B2_PHONE, body="business two again")
+        await ingest(second, phone=B2_LEAD_PHONE, leadId="b2-lead", body="business two's lead")
+        await ingest(second, phone=B2_PHONE, leadId="b2-lead", body="business two, one customer")
         unfiltered = {f"theirs-{i}" for i, v in enumerate(walk) if not v.slots}
         own = await frames_by_operation(intruder, wait_s=5, until=unfiltered)
         assert own.keys() == unfiltered, own
         for frames in own.values():
-            assert [frame["type"] for frame in frames] == ["next"], frames
+            assert {frame["type"] for frame in frames} == {"next"}, frames
             assert not leaks(frames, (), secrets), frames
 
 
