@@ -2,37 +2,69 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
+# What serving needs (`make run`), and everything the suite and the benchmarks need on top.
+SERVING := $(VENV)/.installed-serving
+DEVELOPMENT := $(VENV)/.installed-development
+DATA_DIR ?= $(or $(WA_INBOX_DATA_DIR),.pgdata)
+# make token: the token's role, business and user (your login name unless USER= is given).
+ROLE ?= agent
+BUSINESS_ID ?= 1
 
-.PHONY: install run test lint format schema migrate clean bench bench-fanout bench-rls
+.PHONY: install install-dev run token reset test lint format schema migrate clean bench bench-fanout bench-rls
 
-$(INSTALLED): pyproject.toml
+$(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-inbox needs Python 3.11 or later")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(SERVING): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet .
+	@touch $(SERVING)
+
+$(DEVELOPMENT): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet ".[dev]"
-	@touch $(INSTALLED)
+	@touch $(SERVING) $(DEVELOPMENT)
 
-install: $(INSTALLED)
+install: $(SERVING)
 
-## Install, migrate (alembic upgrade head) and serve GraphQL on http://$HOST:$PORT/graphql.
+install-dev: $(DEVELOPMENT)
+
+## Install what serving needs, migrate (alembic upgrade head) and serve GraphQL on http://$HOST:$PORT/graphql.
 run: install
 	$(BIN)/python -m gql serve
+
+## Print a bearer token signed with the secret the server uses (ROLE=agent|service|admin, BUSINESS_ID=, USER=).
+token: install
+	@$(BIN)/python -m gql token --role "$(ROLE)" --business-id "$(BUSINESS_ID)" --user "$(or $(USER),developer)"
+
+## Start over: delete the embedded database and its development secret (asks; FORCE=1 does not).
+reset:
+	@if [ ! -e "$(DATA_DIR)" ]; then echo "nothing to reset: $(DATA_DIR) does not exist"; exit 0; fi; \
+	if [ "$(FORCE)" != "1" ]; then \
+		printf 'Delete %s (the embedded database, its log and the development secret)? [y/N] ' "$(DATA_DIR)"; \
+		read answer; case "$$answer" in [yY]|[yY][eE][sS]) ;; *) echo "kept $(DATA_DIR)"; exit 1;; esac; \
+	fi; \
+	for pid_file in "$(DATA_DIR)/postgres/postmaster.pid" "$(DATA_DIR)/postmaster.pid"; do \
+		if [ -f "$$pid_file" ] && kill -0 "$$(head -n 1 "$$pid_file")" 2>/dev/null; then \
+			echo "the embedded PostgreSQL in $(DATA_DIR) is running: stop the server first"; exit 1; \
+		fi; \
+	done; \
+	rm -rf "$(DATA_DIR)" && echo "deleted $(DATA_DIR): the next make run starts from an empty database"
 
 ## Apply migrations only.
 migrate: install
 	$(BIN)/python -m gql migrate
 
 ## Install, lint and run the whole suite (benchmarks excluded).
-test: install lint
+test: install-dev lint
 	$(BIN)/python -m pytest
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-format: install
+format: install-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
@@ -45,13 +77,13 @@ clean:
 
 ## Benchmark suite (issue 7): reads, ingest and growth at small and large, side by side with
 ## their floors; prints a table, writes bench-results/suite.json and docs/bench-suite.png.
-bench: install
+bench: install-dev
 	$(BIN)/python -m bench.suite --sizes small large --repeat 200
 
 ## Live-update fan-out benchmark (1,000 and 5,000 websocket subscribers); not part of `make test`.
-bench-fanout: install
+bench-fanout: install-dev
 	$(BIN)/python -m bench.fanout --subscribers 1000 5000 --messages 30
 
 ## Row-level security cost on the hot reads (same data, with and without RLS, side by side).
-bench-rls: install
+bench-rls: install-dev
 	$(BIN)/python -m bench.rls --size small --repeat 300

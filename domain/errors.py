@@ -28,7 +28,13 @@ class Conflict(DomainError):
 
 
 class Unauthenticated(DomainError):
+    """No usable credentials; `reason` says which of the token's checks failed."""
+
     code = "UNAUTHENTICATED"
+
+    def __init__(self, message: str, reason: str = "missing_token") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Forbidden(DomainError):

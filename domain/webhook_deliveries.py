@@ -55,6 +55,14 @@ class DeliveryReport:
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
 
+    @property
+    def outcome(self) -> str:
+        """"stored" when any part concerned a connected number (stored, already stored,
+        rejected or a status), "ignored" when none did: unknown numbers, other fields."""
+        counted = dict(vars(self))
+        del counted["unknown_numbers"], counted["ignored_fields"]
+        return "stored" if any(counted.values()) else "ignored"
+
 
 async def store_delivery(
     sessions: Sessions,

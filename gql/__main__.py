@@ -1,24 +1,51 @@
 """Command line: `python -m gql serve | migrate | export-schema | token | sign-webhook`."""
 
 import argparse
+import errno
+import json
 import logging
+import socket
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from db.embedded import start_embedded_postgres
 from db.migrations import upgrade_to_head
 from domain.access import Role
 from gql.auth import issue_token
+from gql.development_secret import development_secret_path, load_or_create_development_secret
 from gql.settings import Settings, SettingsError
 
 log = logging.getLogger("wa_inbox")
 
 
+class PortTaken(Exception):
+    """The address to serve on is in use: say so before anything else starts."""
+
+
 def _database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    log.info("DATABASE_URL is not set: starting the embedded PostgreSQL in %s", settings.data_dir)
     return start_embedded_postgres(settings.data_dir)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """PortTaken when another process listens on (host, port) (port 0 picks a free one)."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As uvicorn binds: a port in TIME_WAIT after our own restart is free to take.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise PortTaken(
+                    f"port {port} on {host} is already in use (is wa-inbox already running?): "
+                    "stop that process, or serve on another port with PORT=8001 make run"
+                ) from None
+            raise
 
 
 def serve(settings: Settings) -> None:
@@ -29,10 +56,13 @@ def serve(settings: Settings) -> None:
 
     from gql.app import create_app
 
+    check_port_free(settings.host, settings.port)
     url = _database_url(settings)
     upgrade_to_head(url)
     if settings.auth_secret is None:
-        settings = dataclasses.replace(settings, auth_secret=_development_secret_banner())
+        secret = load_or_create_development_secret(settings.data_dir)
+        settings = dataclasses.replace(settings, auth_secret=secret)
+        _show_development_token(settings, secret)
     log.info(
         "migrations applied; serving GraphQL at http://%s:%s/graphql", settings.host, settings.port
     )
@@ -49,22 +79,38 @@ def serve(settings: Settings) -> None:
     )
 
 
-def _development_secret_banner() -> str:
-    """A secret for this run, and an admin token for business 1 printed on the terminal.
+def _show_development_token(settings: Settings, secret: str) -> None:
+    """An admin token for business 1, written to the terminal itself, never to a log.
 
-    Printed, never logged: log lines are shipped and kept, and tokens never belong in them.
+    stdout and stderr may be redirected into files that are kept and shipped (`make run
+    2>server.log`); the controlling terminal is the person in front of it.
     """
-    from gql.app import development_secret
-
-    secret = development_secret()
     token = issue_token(secret, user_id="developer", business_id=1, role=Role.ADMIN)
-    print(
-        "AUTH_SECRET is not set: using a generated development secret (tokens stop working at "
-        f"restart).\nDevelopment admin token for business_id=1:\n\n    Bearer {token}\n",
-        file=sys.stderr,
-        flush=True,
+    headers = json.dumps({"Authorization": f"Bearer {token}"}, separators=(",", ":"))
+    link = f"http://{settings.host}:{settings.port}/graphql?headers={quote(headers)}"
+    banner = (
+        "AUTH_SECRET is not set: tokens are signed with the development secret kept in "
+        f"{development_secret_path(settings.data_dir)} (they survive restarts).\n"
+        "Development admin token for business_id=1:\n\n"
+        f"    Bearer {token}\n\n"
+        f"GraphiQL with it in its headers:\n\n    {link}\n\n"
+        "More tokens: make token ROLE=agent BUSINESS_ID=1\n"
     )
-    return secret
+    if not write_to_terminal(banner):
+        log.warning(
+            "AUTH_SECRET is not set and there is no terminal to show the development token on "
+            "(it is never logged): run `make token` to print one"
+        )
+
+
+def write_to_terminal(text: str) -> bool:
+    """Write to the controlling terminal (not stdout/stderr); False when there is none."""
+    try:
+        with open("/dev/tty", "w", encoding="utf-8") as terminal:
+            terminal.write(text)
+    except OSError:
+        return False
+    return True
 
 
 def websocket_server_options(settings: Settings) -> dict[str, Any]:
@@ -88,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="apply migrations and serve (the default of `make run`)")
     commands.add_parser("migrate", help="apply migrations (alembic upgrade head)")
     commands.add_parser("export-schema", help="print the schema as SDL (schema.graphql)")
-    token = commands.add_parser("token", help="print a bearer token signed with AUTH_SECRET")
+    token = commands.add_parser(
+        "token",
+        help="print a bearer token signed with the server's secret: AUTH_SECRET, else the "
+        "development secret that `make run` keeps in the data directory",
+    )
     token.add_argument("--business-id", type=int, required=True)
     token.add_argument("--user", default="developer")
     token.add_argument("--lifetime-days", type=int, default=30)
@@ -119,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     if args.command == "token":
-        if not settings.auth_secret:
-            parser.exit(2, "set AUTH_SECRET to sign a token the server will accept\n")
+        # The secret the server signs with: AUTH_SECRET, else the kept development secret.
+        secret = settings.auth_secret or load_or_create_development_secret(settings.data_dir)
         print(
             issue_token(
-                settings.auth_secret,
+                secret,
                 user_id=args.user,
                 business_id=args.business_id,
                 role=Role(args.role),
@@ -140,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "migrate":
         upgrade_to_head(_database_url(settings))
     else:
-        serve(settings)
+        try:
+            serve(settings)
+        except PortTaken as taken:
+            parser.exit(1, f"cannot serve: {taken}\n")
     return 0
 
 

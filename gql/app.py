@@ -9,6 +9,8 @@ from datetime import timedelta
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from db.engine import EngineOptions, build_engine, build_sessionmaker
@@ -24,6 +26,10 @@ from gql.websocket import InboxWebSocketView
 from gql.whatsapp_webhook import WhatsAppWebhook
 
 log = logging.getLogger("wa_inbox.app")
+
+
+async def _to_graphiql(request: Request) -> Response:
+    return RedirectResponse("/graphql", status_code=307)
 
 
 def development_secret() -> str:
@@ -125,6 +131,9 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics_text, methods=["GET"]),
+            # Until the browser inbox is served here, a person opening the server's address
+            # lands in GraphiQL.
+            Route("/", _to_graphiql, methods=["GET", "HEAD"]),
         ],
         lifespan=lifespan,
         middleware=[

@@ -19,8 +19,10 @@ def given(value: T | UnsetType | None) -> T | None:
 def parse_row_id(value: str, argument: str) -> int:
     """The integer behind an ID (thread and message ids are row ids); BadInput otherwise."""
     text = str(value)
-    if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > _MAX_ROW_ID:
+    if not text.isascii() or not text.isdigit():
         raise BadInput(f"`{argument}` must be a numeric id, got {text[:40]!r}")
+    if len(text) > 19 or int(text) > _MAX_ROW_ID:
+        raise BadInput(f"`{argument}` {text[:40]} is out of range: ids are at most {_MAX_ROW_ID}")
     return int(text)
 
 

@@ -28,15 +28,17 @@ class Principal:
 
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
-        raise Unauthenticated("missing Authorization: Bearer <token>")
+        raise Unauthenticated("missing Authorization: Bearer <token>", "missing_token")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("the Authorization header must be `Bearer <token>`")
+        raise Unauthenticated(
+            "the Authorization header must be `Bearer <token>`", "malformed_header"
+        )
     return token.strip()
 
 
 def authenticate(authorization: str | None, secret: str) -> Principal:
-    """The principal of a valid token; Unauthenticated for anything else."""
+    """The principal of a valid token; Unauthenticated, saying which check failed, otherwise."""
     token = bearer_token(authorization)
     try:
         claims = jwt.decode(
@@ -46,9 +48,34 @@ def authenticate(authorization: str | None, secret: str) -> Principal:
             options={"require": ["sub", "business_id", "exp"]},
             leeway=CLOCK_SKEW_LEEWAY_S,
         )
-    except jwt.PyJWTError:
-        raise Unauthenticated("invalid or expired token") from None
+    except jwt.PyJWTError as refused:
+        raise _refusal(refused) from None
     return principal_from_claims(claims)
+
+
+def _refusal(error: jwt.PyJWTError) -> Unauthenticated:
+    """What is wrong with a token, in words a developer can act on (never the token)."""
+    # Subclasses before their bases: ExpiredSignatureError is an InvalidTokenError too.
+    if isinstance(error, jwt.ExpiredSignatureError):
+        return Unauthenticated("the token has expired: get a new one", "expired")
+    if isinstance(error, jwt.ImmatureSignatureError):
+        return Unauthenticated(
+            "the token is not valid yet (iat or nbf in the future)", "not_yet_valid"
+        )
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return Unauthenticated(
+            f"the token has no {error.claim!r} claim (sub, business_id and exp are required)",
+            "missing_claim",
+        )
+    if isinstance(error, jwt.InvalidAlgorithmError):
+        return Unauthenticated(f"the token must be signed with {ALGORITHM}", "wrong_algorithm")
+    if isinstance(error, jwt.InvalidSignatureError):
+        return Unauthenticated(
+            "the token's signature does not match this server's AUTH_SECRET", "wrong_signature"
+        )
+    if isinstance(error, jwt.DecodeError):
+        return Unauthenticated("the token is not a JWT (three base64url parts)", "malformed_token")
+    return Unauthenticated(f"the token is invalid: {type(error).__name__}", "invalid_token")
 
 
 def principal_from_claims(claims: Mapping[str, object]) -> Principal:
@@ -56,9 +83,9 @@ def principal_from_claims(claims: Mapping[str, object]) -> Principal:
     user_id = claims.get("sub")
     # bool is an int in Python; a token saying business_id=true names no business.
     if not isinstance(business_id, int) or isinstance(business_id, bool) or business_id <= 0:
-        raise Unauthenticated("the token's business_id must be a positive integer")
+        raise Unauthenticated("the token's business_id must be a positive integer", "invalid_claim")
     if not isinstance(user_id, str) or not user_id or len(user_id) > MAX_SUBJECT_LENGTH:
-        raise Unauthenticated("the token's sub must be a non-empty string")
+        raise Unauthenticated("the token's sub must be a non-empty string", "invalid_claim")
     return Principal(user_id=user_id, business_id=business_id, role=_role(claims))
 
 
@@ -70,7 +97,7 @@ def _role(claims: Mapping[str, object]) -> Role:
         for role in Role:
             if role.value == raw:
                 return role
-    raise Unauthenticated("the token's role must be agent, service or admin")
+    raise Unauthenticated("the token's role must be agent, service or admin", "invalid_claim")
 
 
 def issue_token(

@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 from strawberry.types import ExecutionResult
 
-from domain.errors import DomainError
+from domain.errors import Unauthenticated
 from gql.auth import Principal, authenticate
 from gql.context import ContextFactory
 from gql.errors import request_error_code
@@ -48,13 +48,25 @@ class RequestRejected(Exception):
     """The request fails before execution; `status` is used whatever the media type."""
 
     def __init__(
-        self, status: int, message: str, code: str, headers: Mapping[str, str] = {}
+        self,
+        status: int,
+        message: str,
+        code: str,
+        headers: Mapping[str, str] = {},
+        extensions: Mapping[str, str] = {},
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = dict(headers)
+        self.extensions = dict(extensions)
+
+    @property
+    def error(self) -> dict[str, Any]:
+        shaped = _error(self.message, self.code)
+        shaped["extensions"].update(self.extensions)
+        return shaped
 
 
 class RequestInvalid(Exception):
@@ -181,7 +193,7 @@ class GraphQLEndpoint:
             return _respond(
                 media_type,
                 rejected.status,
-                {"errors": [_error(rejected.message, rejected.code)]},
+                {"errors": [rejected.error]},
                 request_id,
                 rejected.headers,
             )
@@ -199,9 +211,21 @@ class GraphQLEndpoint:
             )
         try:
             principal = authenticate(request.headers.get("authorization"), self.auth_secret)
-        except DomainError as refused:
+        except Unauthenticated as refused:
+            log.info(
+                "[WA-AUTH] request_id=%s refused: %s (%s)",
+                request_id,
+                refused.reason,
+                refused.message,
+            )
             raise RequestRejected(
-                401, refused.message, refused.code, {"WWW-Authenticate": 'Bearer realm="wa-inbox"'}
+                401,
+                refused.message,
+                refused.code,
+                {"WWW-Authenticate": 'Bearer realm="wa-inbox", error="invalid_token"'}
+                if refused.reason not in ("missing_token", "malformed_header")
+                else {"WWW-Authenticate": 'Bearer realm="wa-inbox"'},
+                {"reason": refused.reason},
             ) from None
         raw = await self._read_raw_parameters(request)
         if isinstance(raw, list):
@@ -246,7 +270,7 @@ class GraphQLEndpoint:
             except RequestInvalid as invalid:
                 bodies.append({"errors": invalid.errors})
             except RequestRejected as rejected:
-                bodies.append({"errors": [_error(rejected.message, rejected.code)]})
+                bodies.append({"errors": [rejected.error]})
         return _respond(APPLICATION_JSON, 200, bodies, request_id)
 
     async def _execute(

@@ -9,8 +9,10 @@ websockets library, at DEBUG on uvicorn's error logger, prints every frame (a
 import logging
 import re
 
+# GraphiQL's `headers` parameter carries the development link's bearer token.
 _SECRET_QUERY_PARAMETER = re.compile(
-    r"(?P<name>[^&?=]*(?:token|secret|signature|password)[^&=]*)=(?P<value>[^&]*)",
+    r"(?P<name>[^&?=]*(?:token|secret|signature|password|headers|authorization)[^&=]*)"
+    r"=(?P<value>[^&]*)",
     re.IGNORECASE,
 )
 # The websockets library's frame dumps: `self.logger.debug("< %s", frame)`.

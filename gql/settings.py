@@ -56,7 +56,7 @@ class Settings:
             database_url=env.get("DATABASE_URL") or None,
             host=env.get("HOST", defaults.host),
             port=_integer(env, "PORT", defaults.port, low=0, high=65535),
-            auth_secret=env.get("AUTH_SECRET") or None,
+            auth_secret=_auth_secret(env.get("AUTH_SECRET") or None),
             broadcast_url=env.get("BROADCAST_URL") or defaults.broadcast_url,
             default_region=region,
             data_dir=Path(env["WA_INBOX_DATA_DIR"])
@@ -108,6 +108,20 @@ class Settings:
             max_tokens=self.max_query_tokens,
             introspection=self.introspection,
         )
+
+
+# HS256 keys shorter than the hash (32 bytes) can be brute-forced from one token (RFC 7518, 3.2).
+MIN_AUTH_SECRET_BYTES = 32
+
+
+def _auth_secret(raw: str | None) -> str | None:
+    if raw is not None and len(raw.encode()) < MIN_AUTH_SECRET_BYTES:
+        raise SettingsError(
+            f"AUTH_SECRET is {len(raw.encode())} bytes: use at least {MIN_AUTH_SECRET_BYTES} "
+            "random bytes, e.g. AUTH_SECRET=$(python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
+    return raw
 
 
 def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:

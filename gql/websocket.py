@@ -3,8 +3,8 @@
 - `graphql-transport-ws` (the `graphql-ws` JS client, Apollo, urql) and the legacy
   `graphql-ws` subprotocol.
 - Authentication happens in `connection_init` (payload `{"Authorization": "Bearer <JWT>"}`,
-  any case): a missing or bad token closes the socket with 4403; nothing runs before the
-  acknowledgement.
+  any case): a missing or bad token closes the socket with 4403, the close reason saying what
+  is wrong (`expired: ...`, `wrong_signature: ...`); nothing runs before the acknowledgement.
 - Subscriptions are served by the fan-out hub; every frame of a connection, Strawberry's own
   messages included, goes through the connection's outbox, so frames keep their order.
 - Queries and mutations sent over the socket run in a unit of work of their own.
@@ -30,7 +30,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
-from domain.errors import DomainError
+from domain.errors import Unauthenticated
 from gql.auth import Principal, authenticate
 from gql.fanout import LEGACY_WS, TRANSPORT_WS, FanOutHub, Outlet
 from gql.http import checked_document
@@ -48,6 +48,20 @@ class SocketContext:
     connection_params: dict[str, Any] | None = None
     principal: Principal | None = None
     outlet: Outlet | None = field(default=None, repr=False)
+    refusal: Unauthenticated | None = None  # why connection_init was refused
+
+
+# A websocket close reason is at most 123 bytes of UTF-8 (RFC 6455, 5.5).
+_MAX_CLOSE_REASON_BYTES = 123
+
+
+def refusal_close_reason(context: SocketContext) -> str:
+    """`{reason}: {message}` of a refused connection_init, cut to fit a close frame."""
+    refusal = context.refusal
+    if refusal is None:
+        return "Forbidden"
+    text = f"{refusal.reason}: {refusal.message}".encode()[:_MAX_CLOSE_REASON_BYTES]
+    return text.decode(errors="ignore")
 
 
 def authorization_from(params: dict[str, Any] | None) -> str | None:
@@ -99,7 +113,9 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         context.connection_params = None
         try:
             context.principal = authenticate(authorization, self.auth_secret)
-        except DomainError as refused:
+        except Unauthenticated as refused:
+            log.info("[WA-AUTH] websocket refused: %s (%s)", refused.reason, refused.message)
+            context.refusal = refused
             raise ConnectionRejectionError({"message": refused.message}) from None
 
     async def execute_once(
@@ -189,10 +205,31 @@ class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketCon
     protocol = TRANSPORT_WS
 
     async def handle_connection_init(self, message: Any) -> None:
+        # Strawberry 0.341's own, but for the close reason of a refused token, which says
+        # what is wrong with it instead of a bare "Forbidden".
+        if self.connection_timed_out:
+            return
+        if self.connection_init_timeout_task:
+            self.connection_init_timeout_task.cancel()
         # A null payload carries no token: refused with 4403 like an empty one, not 4400.
-        if message.get("payload") is None:
-            message = {**message, "payload": {}}
-        await super().handle_connection_init(message)
+        payload = message.get("payload") or {}
+        if not isinstance(payload, dict):
+            await self.websocket.close(code=4400, reason="Invalid connection init payload")
+            return
+        if self.connection_init_received:
+            await self.websocket.close(code=4429, reason="Too many initialisation requests")
+            return
+        self.connection_init_received = True
+        self.context.connection_params = payload
+        try:
+            await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError:
+            await self.websocket.close(
+                code=CLOSE_FORBIDDEN, reason=refusal_close_reason(self.context)
+            )
+            return
+        await self.send_message({"type": "connection_ack"})
+        self.connection_acknowledged = True
 
     async def run_operation(self, operation: Operation[SocketContext, None]) -> None:
         context = self.context
@@ -255,7 +292,9 @@ class LegacyWSHandler(_OutboxHandler, BaseGraphQLWSHandler[SocketContext, None])
             await self.view.on_ws_connect(self.context)
         except ConnectionRejectionError:
             # The legacy protocol would answer with 1011; both protocols close with 4403.
-            await self.websocket.close(code=CLOSE_FORBIDDEN, reason="Forbidden")
+            await self.websocket.close(
+                code=CLOSE_FORBIDDEN, reason=refusal_close_reason(self.context)
+            )
             return
         await self.send_message({"type": "connection_ack"})
         self.connection_acknowledged = True

@@ -146,7 +146,7 @@ class WhatsAppWebhook:
             )
             return _problem(500, "internal error; the delivery will be retried", request_id)
         log.info("[WA-WEBHOOK] delivery %s (request_id=%s)", report.as_dict(), request_id)
-        return JSONResponse({"status": "stored", **report.as_dict()})
+        return JSONResponse({"status": report.outcome, **report.as_dict()})
 
 
 def _problem(

@@ -420,6 +420,8 @@ async def test_deliveries_for_a_disconnected_number_are_acknowledged_and_dropped
         ),
     )
     assert after.status_code == 200
+    assert before.json()["status"] == "stored"
+    assert after.json()["status"] == "ignored"
     assert after.json()["stored"] == 0
     assert after.json()["unknown_numbers"] == 1
     rows = await db.fetch("SELECT provider_message_id FROM whatsapp_message")
@@ -445,6 +447,8 @@ async def test_delivery_for_an_unknown_number_is_acknowledged_counted_and_logged
     )
     response = await post_delivery(http, payload)
     assert response.status_code == 200
+    # Still 200 (else Meta retries for days), but saying what happened.
+    assert response.json()["status"] == "ignored"
     assert response.json()["unknown_numbers"] == 1
     assert response.json()["stored"] == 0
     assert await stored_rows(db) == NOTHING_STORED
