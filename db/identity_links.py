@@ -56,6 +56,29 @@ async def threads_named(
     return found
 
 
+async def conversation_named(
+    session: AsyncSession, business_id: int, name: str
+) -> RowMapping | None:
+    """The conversation `name` leads to, read in one statement: a lookup and a second read
+    would miss the customer if a merge committed between them."""
+    by_key = select(conversations).where(
+        conversations.c.business_id == business_id, conversations.c.canonical_key == name
+    )
+    by_alias = (
+        select(conversations)
+        .join(
+            conversation_aliases,
+            conversation_aliases.c.conversation_id == conversations.c.id,
+        )
+        .where(
+            conversation_aliases.c.business_id == business_id,
+            conversation_aliases.c.alias_key == name,
+        )
+    )
+    result = await session.execute(by_key.union_all(by_alias).limit(1))
+    return result.mappings().one_or_none()
+
+
 async def names_of(
     session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
 ) -> dict[int, list[str]]:

@@ -225,8 +225,13 @@ async def touch_conversation(
     reopen: bool,
     contact: ContactDetails = NO_CONTACT_DETAILS,
     unread_delta: int = 0,
+    phone_is_current: bool = True,
 ) -> RowMapping | None:
-    """What `upsert_conversation` does to an existing conversation, found by id."""
+    """What `upsert_conversation` does to an existing conversation, found by id.
+
+    `phone_is_current`: the phone becomes the thread's phone; otherwise it only fills a
+    missing one (a bot writing to an earlier number must not move the thread back to it).
+    """
     touched = await session.execute(
         update(conversations)
         .where(conversations.c.id == conversation_id)
@@ -235,7 +240,9 @@ async def touch_conversation(
             unread_count=conversations.c.unread_count + unread_delta,
             started_at=func.least(conversations.c.started_at, message_at),
             last_message_at=func.greatest(conversations.c.last_message_at, message_at),
-            phone_e164=func.coalesce(phone_e164, conversations.c.phone_e164),
+            phone_e164=func.coalesce(phone_e164, conversations.c.phone_e164)
+            if phone_is_current
+            else func.coalesce(conversations.c.phone_e164, phone_e164),
             contact_name=func.coalesce(contact.name, conversations.c.contact_name),
             wa_user_id=func.coalesce(contact.wa_user_id, conversations.c.wa_user_id),
             status="open" if reopen else conversations.c.status,

@@ -90,6 +90,9 @@ class ThreadTouch:
     reopen: bool
     contact: statements.ContactDetails
     unread_delta: int
+    # The customer wrote from the message's phone: it becomes the thread's phone. Messages to
+    # the customer (a bot using an earlier number) only fill a missing one.
+    from_customer: bool = True
     serialized: bool = False  # the fallback for a missing unique constraint
 
 
@@ -292,6 +295,7 @@ async def _touch(
         reopen=touch.reopen,
         contact=touch.contact,
         unread_delta=touch.unread_delta,
+        phone_is_current=touch.from_customer,
     )
 
 

@@ -303,9 +303,11 @@ async def _store(
         message.names,
         touch=ThreadTouch(
             message_at=message.sent_at,
-            reopen=message.direction is Direction.INBOUND and not message.historical,
+            # What counts unread reopens: not a system notice, not a history import.
+            reopen=message.counts_unread,
             contact=message.contact,
             unread_delta=1 if message.counts_unread else 0,
+            from_customer=message.direction is Direction.INBOUND,
             serialized=serialized,
         ),
     )

@@ -75,11 +75,7 @@ async def find_thread_by_phone(
 
 
 async def _thread_named(session: AsyncSession, business_id: int, key: str) -> Thread | None:
-    named = (await identity_links.threads_named(session, business_id, [key])).get(key)
-    if named is None:
-        return None
-    rows = await statements.conversations_by_ids(session, business_id, [named.conversation_id])
-    row = rows.get(named.conversation_id)
+    row = await identity_links.conversation_named(session, business_id, key)
     return Thread.from_row(row) if row is not None else None
 
 

@@ -32,7 +32,7 @@ from graphql.execution.values import get_argument_values
 from starlette.websockets import WebSocket
 
 from db.unit_of_work import Sessions, run_unit_of_work
-from domain import read_state, threads
+from domain import customer_identities, read_state, threads
 from domain.errors import DomainError
 from domain.events import InboxEvent, MessageStored, ThreadMerged, ThreadRead
 from domain.metrics import InboxMetrics
@@ -256,6 +256,7 @@ class Audience:
     executor: Executor[Any]
     context: Context
     members: dict[int, Member] = field(default_factory=dict)
+    merges_followed: bool = False  # thread_filter looked up through merges already
 
 
 @dataclass(frozen=True)
@@ -352,6 +353,11 @@ class FanOutHub:
         except DomainError as error:
             member.end([{"message": error.message, "extensions": {"code": error.code}}])
             return
+        try:
+            await self._follow_merges(audience)
+        except BaseException:
+            self._drop_if_empty(audience)
+            raise
         audience.members[id(member)] = member
         member.audience = audience
         try:
@@ -359,12 +365,32 @@ class FanOutHub:
         finally:
             self._leave(member)
 
+    async def _follow_merges(self, audience: Audience) -> None:
+        """A `newMessage(threadId:)` of a thread merged away before it subscribed (an old link)
+        follows the thread it was merged into, as one subscribed before the merge does."""
+        if audience.thread_filter is None or audience.merges_followed:
+            return
+        audience.merges_followed = True
+        asked = audience.thread_filter
+        current = await run_unit_of_work(
+            self.sessions,
+            lambda session: customer_identities.current_thread_id(
+                session, audience.business_id, asked
+            ),
+            business_id=audience.business_id,
+        )
+        if audience.thread_filter == asked:  # unless a merge event moved it meanwhile
+            audience.thread_filter = current
+
     def _leave(self, member: Member) -> None:
         audience = member.audience
         if audience is None:
             return
         member.audience = None
         audience.members.pop(id(member), None)
+        self._drop_if_empty(audience)
+
+    def _drop_if_empty(self, audience: Audience) -> None:
         if not audience.members:
             per_business = self._audiences.get(audience.business_id, {})
             if per_business.get(audience.key) is audience:

@@ -39,6 +39,7 @@ from domain.access import Role
 from gql.settings import Settings
 from tests.conftest import GraphQLClient, ingest
 from tests.live import NEW_MESSAGE, UNREAD_COUNT_CHANGED, GraphQLSocket, serving
+from tests.test_tenant_isolation import until_members
 from tests.test_unread import (
     MARK_READ,
     error_code,
@@ -628,11 +629,6 @@ async def test_new_message_of_a_thread_follows_it_into_the_survivor_of_a_merge(
     assert payload["data"]["newMessage"]["threadId"] == lead_thread_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a newMessage(threadId:) subscription opened after the merge with the "
-    "merged-away id filters on that id and never receives the survivor's messages",
-)
 async def test_new_message_by_a_merged_away_id_subscribed_after_the_merge_gets_the_survivors(
     app: Starlette, client: GraphQLClient
 ) -> None:
@@ -642,6 +638,8 @@ async def test_new_message_by_a_merged_away_id_subscribed_after_the_merge_gets_t
     await link_lead(client, threadId=phone_thread_id, leadId="77")
     async with serving(app) as url, GraphQLSocket.open(url) as socket:
         await socket.subscribe("thread", NEW_MESSAGE, {"threadId": phone_thread_id})
+        # Registered once the old id was looked up through the merges.
+        await until_members(app, 1)
         stored = await ingest(client, phone=OTHER_PHONE, body="after the merge")
         payload = await socket.next_payload(wait_s=2.0)
     assert payload["data"]["newMessage"]["id"] == stored["message"]["id"]
@@ -739,6 +737,42 @@ async def test_after_a_number_change_both_numbers_and_user_ids_name_the_same_thr
     assert found["unreadCount"] == 4
     assert [edge["node"]["type"] for edge in found["messages"]["edges"]].count("system") == 1
     await assert_counters_equal_the_definition(inbox, db, 1)
+
+
+async def test_after_a_number_change_a_bot_writing_to_the_old_number_keeps_the_new_one(
+    inbox: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """The CRM may not know of the change yet: its reply lands in the thread, but the thread's
+    phone (where agents' replies go) stays the number the customer writes from now."""
+    old = await from_whatsapp(http, OLD_NUMBER, "from the old number")
+    thread_id = await thread_of_provider_id(db, old)
+    await deliver(http, number_change())
+    reply = await bot_reply(inbox, OLD_NUMBER, None, "to the old number")
+    assert reply["thread"]["id"] == thread_id
+    assert reply["thread"]["phone"] == NEW_NUMBER
+    from_new = await from_whatsapp(http, NEW_NUMBER, "from the new number", minutes=1)
+    assert await thread_of_provider_id(db, from_new) == thread_id
+    found = await thread_of(inbox, id=thread_id)
+    assert found is not None
+    assert found["phone"] == NEW_NUMBER
+
+
+async def test_a_number_change_notice_does_not_reopen_a_closed_thread(
+    inbox: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    old = await from_whatsapp(http, OLD_NUMBER, "from the old number")
+    thread_id = await thread_of_provider_id(db, old)
+    closed = await inbox.execute(SET_THREAD_STATUS, {"threadId": thread_id, "status": "CLOSED"})
+    assert closed["setThreadStatus"]["status"] == "CLOSED"
+    await deliver(http, number_change())
+    found = await thread_of(inbox, id=thread_id)
+    assert found is not None
+    assert found["status"] == "CLOSED"
+    # A message from the customer does.
+    await from_whatsapp(http, NEW_NUMBER, "from the new number", minutes=1)
+    reopened = await thread_of(inbox, id=thread_id)
+    assert reopened is not None
+    assert reopened["status"] == "OPEN"
 
 
 async def test_a_number_change_merges_the_thread_the_new_number_opened(

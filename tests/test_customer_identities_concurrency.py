@@ -381,11 +381,6 @@ async def test_mark_read_queued_behind_the_merge_of_its_thread_marks_the_survivo
     assert defined == {lead_thread_id: 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a read by phone looks the name up and reads the thread in two "
-    "statements; a merge that commits in between makes the customer's phone name no thread",
-)
 @pytest.mark.parametrize("read_by", ["markRead", "thread"])
 async def test_a_read_by_phone_while_the_phone_thread_is_merged_finds_the_survivor(
     app: Starlette, inbox: GraphQLClient, db: asyncpg.Connection, read_by: str
@@ -435,4 +430,7 @@ async def test_a_read_by_phone_while_the_phone_thread_is_merged_finds_the_surviv
     if read_by == "markRead":
         assert body["data"]["markRead"]["thread"]["id"] == lead_thread_id
     else:
-        assert body["data"]["thread"]["id"] == lead_thread_id
+        # One statement found the customer: the thread as it was when read (the merge came
+        # after), or the survivor; never "no thread".
+        assert body["data"]["thread"] is not None, body
+        assert body["data"]["thread"]["id"] in (phone_thread_id, lead_thread_id)
