@@ -21,9 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-import hypothesis
 import pytest
-from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -31,7 +29,6 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 from starlette.applications import Starlette
 
@@ -52,7 +49,7 @@ from tests.test_unread_counters import (
     STORED_HISTORY_TABLES,
     World,
     assert_counters_equal_the_definition,
-    open_world,
+    run_machine_in_a_world,
 )
 from tests.webhooks import connect_channel, delivery, post_delivery, sample, text_message
 
@@ -1326,27 +1323,8 @@ class CustomerNamesMachine(RuleBasedStateMachine):
         assert sum(defined.values()) == self.total_unread()
 
 
-def run_customer_names_machine(settings: Settings) -> None:
-    with asyncio.Runner() as runner:
-        world = runner.run(open_world(runner, settings))
-        try:
-            run_state_machine_as_test(
-                lambda: CustomerNamesMachine(world),
-                settings=hypothesis.settings(
-                    max_examples=20,
-                    stateful_step_count=30,
-                    deadline=None,
-                    derandomize=True,
-                    database=None,
-                    suppress_health_check=[HealthCheck.too_slow],
-                ),
-            )
-        finally:
-            runner.run(world.closing.aclose())
-
-
 async def test_every_name_of_a_customer_leads_to_one_thread_after_every_random_step(
     settings: Settings,
 ) -> None:
     # In a thread, so the machine's own event loop never meets the session's loop.
-    await asyncio.to_thread(run_customer_names_machine, settings)
+    await asyncio.to_thread(run_machine_in_a_world, settings, CustomerNamesMachine, max_examples=20)

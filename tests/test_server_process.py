@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +32,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_until_healthy(base_url: str, running: Callable[[], bool], log_path: Path) -> None:
+    """Until /healthz answers; the server's output in the failure when it stops or is late."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        assert running(), log_path.read_text()
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
 
 
 @contextmanager
@@ -57,16 +71,7 @@ def running_server(env_overrides: dict[str, str], log_path: Path) -> Iterator[st
         )
         base_url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.2)
+            wait_until_healthy(base_url, lambda: process.poll() is None, log_path)
             yield base_url
         finally:
             process.send_signal(signal.SIGINT)
@@ -218,15 +223,7 @@ def test_on_a_terminal_the_token_and_a_graphiql_link_go_to_the_terminal_only(
         headers = json.loads(parse_qs(urlsplit(link.group(1)).query)["headers"][0])
         assert headers == {"Authorization": f"Bearer {token.group(1)}"}
         base_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+        wait_until_healthy(base_url, lambda: os.waitpid(child, os.WNOHANG) == (0, 0), log_path)
         ingest_read_and_mark(base_url, token.group(1))
         assert "Bearer" not in log_path.read_text()
     finally:

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -476,15 +476,18 @@ async def open_world(runner: asyncio.Runner, settings: Settings) -> World:
     return World(runner, client, db, world_exits)
 
 
-def run_unread_counters_machine(settings: Settings) -> None:
-    """Runs the state machine on an event loop of its own (its rules are synchronous)."""
+def run_machine_in_a_world(
+    settings: Settings, machine: Callable[[World], RuleBasedStateMachine], *, max_examples: int
+) -> None:
+    """Runs a state machine on an event loop of its own (its rules are synchronous),
+    bounded and derandomized, every example in one World."""
     with asyncio.Runner() as runner:
         world = runner.run(open_world(runner, settings))
         try:
             run_state_machine_as_test(
-                lambda: UnreadCountersMachine(world),
+                lambda: machine(world),
                 settings=hypothesis.settings(
-                    max_examples=25,
+                    max_examples=max_examples,
                     stateful_step_count=30,
                     deadline=None,
                     derandomize=True,
@@ -500,7 +503,9 @@ async def test_unread_counters_equal_the_rule_after_every_step_of_random_interle
     settings: Settings,
 ) -> None:
     # In a thread, so the machine's own event loop never meets the session's loop.
-    await asyncio.to_thread(run_unread_counters_machine, settings)
+    await asyncio.to_thread(
+        run_machine_in_a_world, settings, UnreadCountersMachine, max_examples=25
+    )
 
 
 # --- many writers and readers at once ------------------------------------------------------
