@@ -181,6 +181,7 @@ class _OutboxHandler:
     view: Any  # the InboxWebSocketView, typed by Strawberry's own handler classes
     context: SocketContext
     websocket: Any
+    connection_acknowledged: bool
 
     async def handle_message(self, message: Any) -> None:
         if not _well_formed(message, self.protocol):
@@ -199,6 +200,20 @@ class _OutboxHandler:
     async def send_message(self, message: Any) -> None:
         assert self.context.outlet is not None
         self.context.outlet.push(json.dumps(message, separators=(",", ":")))
+
+    async def acknowledge_or_refuse(self, payload: dict[str, Any] | None) -> None:
+        """Authenticate `connection_init`: acknowledge it, or close 4403 saying why (both
+        protocols; the legacy one would answer a refusal with 1011)."""
+        self.context.connection_params = payload
+        try:
+            await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError:
+            await self.websocket.close(
+                code=CLOSE_FORBIDDEN, reason=refusal_close_reason(self.context)
+            )
+            return
+        await self.send_message({"type": "connection_ack"})
+        self.connection_acknowledged = True
 
 
 class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketContext, None]):
@@ -220,16 +235,7 @@ class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketCon
             await self.websocket.close(code=4429, reason="Too many initialisation requests")
             return
         self.connection_init_received = True
-        self.context.connection_params = payload
-        try:
-            await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError:
-            await self.websocket.close(
-                code=CLOSE_FORBIDDEN, reason=refusal_close_reason(self.context)
-            )
-            return
-        await self.send_message({"type": "connection_ack"})
-        self.connection_acknowledged = True
+        await self.acknowledge_or_refuse(payload)
 
     async def run_operation(self, operation: Operation[SocketContext, None]) -> None:
         context = self.context
@@ -287,17 +293,7 @@ class LegacyWSHandler(_OutboxHandler, BaseGraphQLWSHandler[SocketContext, None])
         if payload is not None and not isinstance(payload, dict):
             await self.websocket.close(code=CLOSE_FORBIDDEN, reason="Invalid payload")
             return
-        self.context.connection_params = payload
-        try:
-            await self.view.on_ws_connect(self.context)
-        except ConnectionRejectionError:
-            # The legacy protocol would answer with 1011; both protocols close with 4403.
-            await self.websocket.close(
-                code=CLOSE_FORBIDDEN, reason=refusal_close_reason(self.context)
-            )
-            return
-        await self.send_message({"type": "connection_ack"})
-        self.connection_acknowledged = True
+        await self.acknowledge_or_refuse(payload)
 
     async def handle_start(self, message: Any) -> None:
         if not self.connection_acknowledged:
