@@ -26,7 +26,7 @@ from starlette.routing import Route
 _COUNTED_UNREAD = """(
     SELECT count(*) FROM whatsapp_message m
     WHERE m.conversation_id = c.id AND m.direction = 'in' AND NOT m.historical
-      AND m.status <> 'deleted' AND m.seq > c.read_seq
+      AND m.status <> 'deleted' AND m.message_type <> 'system' AND m.seq > c.read_seq
 )"""
 _THREAD_PAGE = """
 SELECT c.id, c.canonical_key, c.phone_e164, c.lead_id, c.status, c.started_at,
@@ -34,7 +34,9 @@ SELECT c.id, c.canonical_key, c.phone_e164, c.lead_id, c.status, c.started_at,
        {unread} AS unread_count, last.body AS last_body, last.sent_at AS last_sent_at
 FROM whatsapp_conversation c
 LEFT JOIN LATERAL (
-    SELECT m.body, m.sent_at FROM whatsapp_message m
+    -- A deleted message's text is hidden, as the API hides it.
+    SELECT CASE WHEN m.status = 'deleted' THEN NULL ELSE m.body END AS body, m.sent_at
+    FROM whatsapp_message m
     WHERE m.conversation_id = c.id ORDER BY m.sent_at DESC, m.id DESC LIMIT 1
 ) last ON true
 WHERE c.business_id = $1
@@ -42,7 +44,9 @@ ORDER BY c.last_message_at DESC, c.id DESC
 LIMIT $2
 """
 _MESSAGES_AT_END = """
-SELECT id, conversation_id, direction, source, status, body, sent_at, created_at, message_type
+SELECT id, conversation_id, direction, source, status,
+       CASE WHEN status = 'deleted' THEN NULL ELSE body END AS body, sent_at, created_at,
+       message_type
 FROM whatsapp_message
 WHERE business_id = $1 AND conversation_id = $2
 ORDER BY sent_at DESC, id DESC

@@ -30,3 +30,7 @@ def test_benchmark_suite_smoke_run_writes_its_json_and_chart(tmp_path: Path) -> 
     measured = json.loads(report.read_text())
     assert [size["size"] for size in measured["sizes"]] == ["tiny"]
     assert chart.read_bytes().startswith(b"\x89PNG")
+    # A floor that answers differently from the app would make every ratio meaningless.
+    rows = [row for row in measured["summary"]["rows"] if "same_answer" in row]
+    assert rows
+    assert all(row["same_answer"] for row in rows), rows
