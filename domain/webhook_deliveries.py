@@ -57,8 +57,9 @@ class DeliveryReport:
 
     @property
     def outcome(self) -> str:
-        """"stored" when any part concerned a connected number (stored, already stored,
-        rejected or a status), "ignored" when none did: unknown numbers, other fields."""
+        """What happened to the delivery as a whole: `stored` when any part concerned a
+        connected number (stored, already stored, rejected, a status or a revision), `ignored`
+        when none did (unknown numbers, other webhook fields)."""
         counted = dict(vars(self))
         del counted["unknown_numbers"], counted["ignored_fields"]
         return "stored" if any(counted.values()) else "ignored"
