@@ -26,7 +26,15 @@ def _database_url() -> str:
     return to_async_url(url)
 
 
+def _default_region() -> str:
+    # The region national phone spellings are read in when a legacy database is adopted
+    # (revision 0001): the server's DEFAULT_REGION, as gql/settings.py reads it.
+    region = config.attributes.get("default_region") or os.environ.get("DEFAULT_REGION") or "US"
+    return str(region).strip().upper()
+
+
 def _run(connection: Connection) -> None:
+    config.attributes["default_region"] = _default_region()
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -1,5 +1,9 @@
 """Conversations and messages, with the unique constraints ON CONFLICT relies on.
 
+A database of the system we replace already holds both tables under these names: they are
+adopted in place instead (db/legacy_adoption.py, issue 13), into exactly what this revision
+creates, so the later revisions run on them as on a new database.
+
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-25
@@ -8,7 +12,11 @@ Create Date: 2026-11-25
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
+
+from db.legacy_adoption import adopt_legacy_tables, holds_legacy_tables
+from domain.errors import BadInput
+from domain.phones import normalize_phone
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -17,6 +25,18 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # Revision 0001 runs only where alembic has never run: tables of ours cannot be here.
+    if holds_legacy_tables(op.get_bind()):
+        region = context.config.attributes.get("default_region", "US")
+
+        def e164_or_none(spelling: str) -> str | None:
+            try:
+                return normalize_phone(spelling, region)
+            except BadInput:
+                return None
+
+        adopt_legacy_tables(op.get_bind(), e164_or_none)
+        return
     op.create_table(
         "whatsapp_conversation",
         sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
