@@ -18,6 +18,7 @@ from domain.metrics import InboxMetrics
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint
+from gql.legacy_rest import AnyMethod, LegacyRestEndpoints
 from gql.log_redaction import install_log_redaction
 from gql.origins import WebSocketOriginGuard
 from gql.schema import build_schema
@@ -98,6 +99,14 @@ def create_app(settings: Settings) -> Starlette:
             "[WA-WEBHOOK] WHATSAPP_APP_SECRET is not set: /webhooks/whatsapp refuses deliveries "
             "(503) until it is"
         )
+    legacy = LegacyRestEndpoints(
+        sessions=sessions,
+        auth_secret=auth_secret,
+        default_region=settings.default_region,
+        metrics=metrics,
+        publish=hub.publish,
+        max_body_bytes=settings.max_body_bytes,
+    )
     health = HealthEndpoints(sessions, metrics, lambda: hub.pubsub_state)
 
     @asynccontextmanager
@@ -131,6 +140,18 @@ def create_app(settings: Settings) -> Starlette:
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
             Route("/metrics", health.metrics_text, methods=["GET"]),
+            # The old front end's REST endpoints (issue 13), each answering every method: a
+            # wrong one gets the legacy's JSON error envelope.
+            Route("/api/crm/threads", AnyMethod(legacy.threads)),
+            Route("/api/crm/threads/{thread_id}/messages", AnyMethod(legacy.messages)),
+            Route(
+                "/api/whatsapp/conversations/{id_or_phone}/mark_read", AnyMethod(legacy.mark_read)
+            ),
+            # `selectedThread.id || selectedThread.phone` of a thread with neither is empty: a
+            # 400 saying so, not the unknown-path 404.
+            Route("/api/whatsapp/conversations//mark_read", AnyMethod(legacy.mark_read)),
+            Route("/api/openapi.json", AnyMethod(legacy.openapi)),
+            Route("/api/{path:path}", AnyMethod(legacy.unknown_route)),
             # Until the browser inbox is served here, a person opening the server's address
             # lands in GraphiQL.
             Route("/", _to_graphiql, methods=["GET", "HEAD"]),
