@@ -5,6 +5,7 @@ Validation is strict: HS256 only (`none` and every other algorithm refused), `ex
 `role`, when present, one of agent, service, admin (absent: agent, the least privilege).
 """
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ import jwt
 
 from domain.access import DEFAULT_ROLE, Role
 from domain.errors import Unauthenticated
+
+log = logging.getLogger("wa_inbox.auth")
 
 ALGORITHM = "HS256"
 CLOCK_SKEW_LEEWAY_S = 30
@@ -76,6 +79,19 @@ def _refusal(error: jwt.PyJWTError) -> Unauthenticated:
     if isinstance(error, jwt.DecodeError):
         return Unauthenticated("the token is not a JWT (three base64url parts)", "malformed_token")
     return Unauthenticated(f"the token is invalid: {type(error).__name__}", "invalid_token")
+
+
+def refused_request_challenge(refused: Unauthenticated, request_id: str) -> str:
+    """Log why a request's token was refused ([WA-AUTH]); its 401's WWW-Authenticate header.
+
+    RFC 6750: `error="invalid_token"` only once a token was sent at all.
+    """
+    log.info(
+        "[WA-AUTH] request_id=%s refused: %s (%s)", request_id, refused.reason, refused.message
+    )
+    if refused.reason in ("missing_token", "malformed_header"):
+        return 'Bearer realm="wa-inbox"'
+    return 'Bearer realm="wa-inbox", error="invalid_token"'
 
 
 def principal_from_claims(claims: Mapping[str, object]) -> Principal:

@@ -32,7 +32,7 @@ from strawberry.http.ides import get_graphql_ide_html
 from strawberry.types import ExecutionResult
 
 from domain.errors import Unauthenticated
-from gql.auth import Principal, authenticate
+from gql.auth import Principal, authenticate, refused_request_challenge
 from gql.context import ContextFactory
 from gql.errors import request_error_code
 from gql.limits import QUERY_TOO_COMPLEX, QueryLimits
@@ -212,19 +212,11 @@ class GraphQLEndpoint:
         try:
             principal = authenticate(request.headers.get("authorization"), self.auth_secret)
         except Unauthenticated as refused:
-            log.info(
-                "[WA-AUTH] request_id=%s refused: %s (%s)",
-                request_id,
-                refused.reason,
-                refused.message,
-            )
             raise RequestRejected(
                 401,
                 refused.message,
                 refused.code,
-                {"WWW-Authenticate": 'Bearer realm="wa-inbox", error="invalid_token"'}
-                if refused.reason not in ("missing_token", "malformed_header")
-                else {"WWW-Authenticate": 'Bearer realm="wa-inbox"'},
+                {"WWW-Authenticate": refused_request_challenge(refused, request_id)},
                 {"reason": refused.reason},
             ) from None
         raw = await self._read_raw_parameters(request)

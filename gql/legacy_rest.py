@@ -25,7 +25,7 @@ from domain.models import Message, MessageStatus, Thread
 from domain.pagination import MAX_PAGE_SIZE, decode_cursor
 from domain.thread_references import find_thread_by_reference
 from gql.arguments import parse_row_id
-from gql.auth import Principal, authenticate
+from gql.auth import Principal, authenticate, refused_request_challenge
 from gql.openapi import legacy_rest_openapi
 from gql.request_bodies import BodyTooLarge, ClientGone, read_bounded_body, request_id_of
 
@@ -244,17 +244,7 @@ class LegacyRestEndpoints:
         try:
             return authenticate(request.headers.get("authorization"), self.auth_secret)
         except Unauthenticated as refused:
-            log.info(
-                "[WA-AUTH] request_id=%s refused: %s (%s)",
-                request_id,
-                refused.reason,
-                refused.message,
-            )
-            challenge = (
-                'Bearer realm="wa-inbox"'
-                if refused.reason in ("missing_token", "malformed_header")
-                else 'Bearer realm="wa-inbox", error="invalid_token"'
-            )
+            challenge = refused_request_challenge(refused, request_id)
             raise Refused(
                 401,
                 refused.code,
