@@ -91,6 +91,7 @@ class DocumentedRest:
         token: str | None = "",
         **options: Any,
     ) -> httpx.Response:
+        """`token` "" (the default) sends a valid one of `business_id` and `role`, None none."""
         headers = dict(options.pop("headers", {}))
         if token == "":
             token = token_for(business_id, role=role)
@@ -107,8 +108,10 @@ class DocumentedRest:
         body = response.json()
         status = str(response.status_code)
         if status == "405":
-            # A wrong method is an answer of the route's documented operation.
-            (method,) = [known for known, path in self.operations if path == route] or [method]
+            # A wrong method is an answer of the route's one documented operation.
+            documented = [known for known, path in self.operations if path == route]
+            assert len(documented) == 1, f"{route} is not documented"
+            method = documented[0]
         operation = self.operations.get((method, route))
         assert operation is not None, f"{method} {route} is not documented"
         assert status in operation["responses"], f"{method} {route} answered {status}"
