@@ -5,7 +5,8 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import pool
+from alembic.script import ScriptDirectory
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -33,10 +34,33 @@ def _default_region() -> str:
     return str(region).strip().upper()
 
 
+LEGACY_VERSION_TABLE = "legacy_alembic_version"
+
+
+def _set_aside_the_legacy_version_table(connection: Connection) -> None:
+    """The system we replace ran Flask-Migrate (alembic) up to revisions of its own: its
+    `alembic_version` names none of ours. Beside its conversation tables that means a legacy
+    database to adopt: the table is kept as `legacy_alembic_version` and our migrations run
+    from the start (revision 0001 adopts). Anything else unknown is left for alembic to refuse.
+    """
+    if not (
+        connection.dialect.has_table(connection, "alembic_version")
+        and connection.dialect.has_table(connection, "whatsapp_conversation")
+        and not connection.dialect.has_table(connection, "whatsapp_business_unread")
+    ):
+        return
+    ours = {revision.revision for revision in ScriptDirectory.from_config(config).walk_revisions()}
+    stamped = set(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    if stamped and not stamped & ours:
+        connection.execute(text(f"ALTER TABLE alembic_version RENAME TO {LEGACY_VERSION_TABLE}"))
+
+
 def _run(connection: Connection) -> None:
     config.attributes["default_region"] = _default_region()
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
+        # In the migrations' transaction: an adoption that fails leaves the table as it was.
+        _set_aside_the_legacy_version_table(connection)
         context.run_migrations()
 
 

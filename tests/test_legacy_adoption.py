@@ -471,3 +471,39 @@ def test_adoption_benchmark_smoke_run_adopts_its_legacy_database(tmp_path: Path)
     figures = json.loads((tmp_path / "a.json").read_text())
     # The generator's redelivered copies are gone, every other message kept.
     assert 0 < figures["messages_after"] < figures["legacy_messages"]
+
+
+async def test_a_legacy_database_stamped_by_the_old_systems_own_alembic_is_adopted_too(
+    legacy_database: str, legacy_db: asyncpg.Connection
+) -> None:
+    """The seed ran Flask-Migrate: its `alembic_version` names its own revision (144), none of
+    ours. Adoption goes ahead and keeps that table aside, instead of alembic refusing."""
+    data = await write_legacy_database(legacy_db, seed=11)
+    await legacy_db.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+    await legacy_db.execute("INSERT INTO alembic_version VALUES ('144_seed_unique_keys')")
+
+    await asyncio.to_thread(upgrade_to_head, legacy_database)
+
+    assert await legacy_db.fetchval("SELECT version_num FROM legacy_alembic_version") == (
+        "144_seed_unique_keys"
+    )
+    head = await legacy_db.fetchval("SELECT version_num FROM alembic_version")
+    assert head is not None
+    assert head != "144_seed_unique_keys"
+    stored = await legacy_db.fetchval("SELECT count(*) FROM whatsapp_message")
+    assert 0 < stored <= len(data.messages)
+    # A second run is an ordinary upgrade of our own database.
+    await asyncio.to_thread(upgrade_to_head, legacy_database)
+    assert await legacy_db.fetchval("SELECT version_num FROM alembic_version") == head
+
+
+async def test_an_unknown_revision_of_our_own_database_is_still_refused(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """Only a legacy database is adopted: ours stamped with a revision this code does not
+    know (a newer release, say) stays an error, with nothing renamed."""
+    await db.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(Exception, match="9999"):
+        await asyncio.to_thread(upgrade_to_head, database_url)
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "9999"
+    assert await db.fetchval("SELECT to_regclass('legacy_alembic_version')") is None
