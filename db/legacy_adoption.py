@@ -333,6 +333,12 @@ def _reshape_messages(connection: Connection) -> None:
 
 
 def _remove_duplicate_messages(connection: Connection) -> int:
+    # An empty provider id meant "none" (a message not sent yet), never one shared message.
+    _execute(
+        connection,
+        "UPDATE whatsapp_message SET provider_message_id = NULL "
+        "WHERE btrim(provider_message_id) = ''",
+    )
     # A redelivered webhook stored again: the first copy is the message.
     return int(
         connection.execute(
@@ -578,9 +584,19 @@ def _identity_from(connection: Connection, table: str) -> None:
     sequence = connection.scalar(
         text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": table}
     )
+    # Past every id the legacy ever handed out, not just past the rows left: a removed
+    # duplicate's id must never name a new row (its old links lead to the survivor).
+    handed_out = 0
     if sequence is not None:
+        handed_out = int(connection.scalar(text(f"SELECT last_value FROM {sequence}")) or 0)
         _execute(connection, f"DROP SEQUENCE {sequence}")
-    start = _scalar(connection, f"SELECT coalesce(max(id), 0) + 1 FROM {table}")
+    removed = 0
+    if table == "whatsapp_conversation" and inspect(connection).has_table(LEGACY_MERGE_TABLE):
+        removed = _scalar(
+            connection, f"SELECT coalesce(max(merged_conversation_id), 0) FROM {LEGACY_MERGE_TABLE}"
+        )
+    left = _scalar(connection, f"SELECT coalesce(max(id), 0) FROM {table}")
+    start = max(handed_out, removed, left) + 1
     _execute(
         connection,
         f"ALTER TABLE {table} ALTER id SET NOT NULL, "

@@ -3,13 +3,14 @@
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from domain.errors import BadInput
 
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+_MAX_ROW_ID = 2**63 - 1  # ids are bigint
 
 T = TypeVar("T")
 
@@ -39,12 +40,14 @@ def decode_cursor(kind: str, cursor: str | None, argument: str) -> Position | No
         cursor_kind, at, row_id = base64.urlsafe_b64decode(padded).decode().split("|")
         if cursor_kind != kind:
             raise ValueError(cursor_kind)
-        position = datetime.fromisoformat(at), int(row_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error):
+        moment, position_id = datetime.fromisoformat(at), int(row_id)
+        if moment.tzinfo is None or not 0 <= position_id <= _MAX_ROW_ID:
+            raise ValueError(row_id)
+        # A time that cannot be stored as UTC (year 1 at +14:00) would fail in the database.
+        moment.astimezone(UTC)
+    except (ValueError, OverflowError, UnicodeDecodeError, binascii.Error):
         raise BadInput(f"`{argument}` is not a cursor from this list") from None
-    if position[0].tzinfo is None:
-        raise BadInput(f"`{argument}` is not a cursor from this list")
-    return position
+    return moment, position_id
 
 
 def check_page_size(value: int | None, argument: str) -> int | None:

@@ -507,3 +507,60 @@ async def test_an_unknown_revision_of_our_own_database_is_still_refused(
         await asyncio.to_thread(upgrade_to_head, database_url)
     assert await db.fetchval("SELECT version_num FROM alembic_version") == "9999"
     assert await db.fetchval("SELECT to_regclass('legacy_alembic_version')") is None
+
+
+async def test_adoption_never_hands_a_removed_or_deleted_id_to_a_new_row(
+    legacy_database: str, legacy_db: asyncpg.Connection
+) -> None:
+    """A removed duplicate's id keeps leading to its survivor, and an id the legacy deleted
+    names nothing new: new rows start past every id ever handed out."""
+    await legacy_db.execute(
+        """
+        INSERT INTO whatsapp_conversation (business_id, canonical_key, phone_e164, started_at,
+            last_message_at)
+        VALUES (1, 'phone:1:+14155550001', '+14155550001', '2026-01-01', '2026-01-05'),
+               (1, 'phone:1:+14155550001', '+14155550001', '2026-01-01', '2026-01-02')
+        """
+    )
+    await legacy_db.execute(
+        """
+        INSERT INTO whatsapp_message (business_id, conversation_id, direction, source, status,
+            body, provider_message_id, created_at)
+        VALUES (1, 1, 'in', 'customer', 'received', 'a', 'wamid.a', '2026-01-05'),
+               (1, 2, 'in', 'customer', 'received', 'b', '', '2026-01-02'),
+               (1, 2, 'out', 'bot', 'sent', 'c', '', '2026-01-02 00:01'),
+               (1, 1, 'in', 'customer', 'received', 'deleted by the legacy', NULL, '2026-01-05')
+        """
+    )
+    await legacy_db.execute("DELETE FROM whatsapp_message WHERE id = 4")
+
+    await asyncio.to_thread(upgrade_to_head, legacy_database)
+
+    # Two messages without a provider id ('' meant none) are two messages, not duplicates.
+    bodies = await legacy_db.fetch(
+        "SELECT body, provider_message_id FROM whatsapp_message ORDER BY body"
+    )
+    assert [(row["body"], row["provider_message_id"]) for row in bodies] == [
+        ("a", "wamid.a"),
+        ("b", None),
+        ("c", None),
+    ]
+    assert (
+        await legacy_db.fetchval(
+            "SELECT into_conversation_id FROM whatsapp_thread_merge "
+            "WHERE merged_conversation_id = 2"
+        )
+        == 1
+    )
+    new_conversation = await legacy_db.fetchval(
+        "INSERT INTO whatsapp_conversation (business_id, canonical_key, started_at, "
+        "last_message_at) VALUES (1, 'phone:1:+14155550002', now(), now()) RETURNING id"
+    )
+    assert new_conversation > 2
+    new_message = await legacy_db.fetchval(
+        "INSERT INTO whatsapp_message (business_id, conversation_id, seq, direction, source, "
+        "status, sent_at, created_at) VALUES (1, $1, 1, 'in', 'customer', 'received', now(), "
+        "now()) RETURNING id",
+        new_conversation,
+    )
+    assert new_message > 4

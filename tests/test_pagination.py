@@ -1,5 +1,6 @@
 """Relay pages over threads and messages, and the single-object lookups beside them."""
 
+import base64
 from typing import Any
 
 import pytest
@@ -160,6 +161,28 @@ async def test_thread_page_size_out_of_range_is_bad_input(
 
 @pytest.mark.parametrize("cursor", ["garbage", "!!!", "", "dGhyZWFkfG5vdHxhbg"])
 async def test_a_garbage_thread_cursor_is_bad_input(client: GraphQLClient, cursor: str) -> None:
+    await create_threads(client)
+    assert await error_code(client, THREADS, {"first": 3, "after": cursor}) == "BAD_USER_INPUT"
+
+
+def forged(kind: str, at: str, row_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{kind}|{at}|{row_id}".encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        forged("thread", "2026-01-01T00:00:00+00:00", "9" * 25),  # beyond bigint
+        forged("thread", "2026-01-01T00:00:00+00:00", "-1"),
+        forged("thread", "0001-01-01T00:00:00+14:00", "1"),  # before year 1 in UTC
+        forged("thread", "9999-12-31T23:59:59-14:00", "1"),  # after year 9999 in UTC
+        forged("thread", "2026-01-01T00:00:00", "1"),  # no offset
+    ],
+    ids=["huge-id", "negative-id", "too-early", "too-late", "naive"],
+)
+async def test_a_forged_thread_cursor_is_bad_input_not_a_server_error(
+    client: GraphQLClient, cursor: str
+) -> None:
     await create_threads(client)
     assert await error_code(client, THREADS, {"first": 3, "after": cursor}) == "BAD_USER_INPUT"
 
