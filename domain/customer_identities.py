@@ -20,8 +20,10 @@ concurrent first messages never create two threads of one customer.
 """
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +35,8 @@ from domain.errors import Conflict, NotFound
 from domain.events import ThreadMerged
 
 log = logging.getLogger("wa_inbox.identities")
+
+T = TypeVar("T")
 
 _LEAD, _PHONE, _USER = "lead:", "phone:", "user:"
 # After this many times of finding the customer's threads merged away under our feet,
@@ -120,8 +124,8 @@ async def settle_customer_thread(
     """
     business_id = names.business_id
     keys = names.keys
-    named = await identity_links.threads_named(session, business_id, keys)
     if touch is not None and also_thread_id is None:
+        named = await identity_links.threads_named(session, business_id, keys)
         settled = await _touch_when_settled(session, names, named, touch)
         if settled is not None:
             return settled
@@ -162,11 +166,11 @@ async def _touch_when_settled(
     thread = next(iter(named.values()))
     if _rekey_target(names, thread.canonical_key) is not None:
         return None
-    _refuse_another_lead(names, {thread.lead_id})
     touched = await _touch(session, thread.conversation_id, names, touch)
     if touched is None:
         return None  # merged away meanwhile
-    # The row lock is ours now; a lead set by a link that committed meanwhile is checked too.
+    # Checked on the locked row, so a lead set by a link that committed meanwhile counts too;
+    # a refusal rolls the touch back with the unit of work.
     _refuse_another_lead(names, {touched["lead_id"]})
     return SettledThread(touched)
 
@@ -303,3 +307,19 @@ async def current_thread_id(session: AsyncSession, business_id: int, thread_id: 
     """`thread_id`, or the thread it was merged into: old links keep working."""
     into = await identity_links.merged_into(session, business_id, thread_id)
     return thread_id if into is None else into
+
+
+async def on_current_thread(
+    session: AsyncSession,
+    business_id: int,
+    thread_id: int,
+    act: Callable[[int], Awaitable[T | None]],
+) -> T | None:
+    """`act` on the thread, or on the thread it was merged into when it is gone (an old link);
+    None when neither is there. The merge record is read only when the thread is missing."""
+    done = await act(thread_id)
+    if done is None:
+        current = await current_thread_id(session, business_id, thread_id)
+        if current != thread_id:
+            done = await act(current)
+    return done

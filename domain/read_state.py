@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
-from domain.customer_identities import current_thread_id
+from domain.customer_identities import on_current_thread
 from domain.errors import BadInput, NotFound
 from domain.events import ThreadRead
 from domain.metrics import InboxMetrics
@@ -100,12 +100,13 @@ async def mark_thread_read(
             if found is None:
                 raise NotFound("no thread for that phone")
             target = found.id
-        row = await statements.mark_conversation_read(session, business_id, target)
-        if row is None:
-            # An old link to a thread merged away since: mark the thread it lives in now.
-            current = await current_thread_id(session, business_id, target)
-            if current != target:
-                row = await statements.mark_conversation_read(session, business_id, current)
+        # An old link to a thread merged away since marks the thread it lives in now.
+        row = await on_current_thread(
+            session,
+            business_id,
+            target,
+            lambda thread: statements.mark_conversation_read(session, business_id, thread),
+        )
         if row is None:
             raise NotFound("no thread with that id")
         return ReadOutcome(Thread.from_row(row), await total_unread(session, business_id))

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
-from domain.customer_identities import current_thread_id
+from domain.customer_identities import on_current_thread
 from domain.errors import NotFound
 from domain.events import ThreadRead
 from domain.models import Message, Thread, ThreadStatus
@@ -53,15 +53,14 @@ async def set_thread_status(
     """Close or reopen the business's thread (an inbound message reopens it by itself)."""
 
     async def work(session: AsyncSession) -> Thread:
-        row = await statements.set_conversation_status(
-            session, business_id, thread_id, status.value
+        row = await on_current_thread(
+            session,
+            business_id,
+            thread_id,
+            lambda thread: statements.set_conversation_status(
+                session, business_id, thread, status.value
+            ),
         )
-        if row is None:
-            current = await current_thread_id(session, business_id, thread_id)
-            if current != thread_id:
-                row = await statements.set_conversation_status(
-                    session, business_id, current, status.value
-                )
         if row is None:
             raise NotFound("no thread with that id")
         return Thread.from_row(row)

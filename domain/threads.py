@@ -2,11 +2,12 @@
 
 from collections.abc import Sequence
 
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import identity_links, statements
 from domain.canonical_keys import canonical_key, normalize_lead_id
-from domain.customer_identities import current_thread_id
+from domain.customer_identities import on_current_thread
 from domain.errors import BadInput
 from domain.models import Message, Thread
 from domain.pagination import (
@@ -51,13 +52,12 @@ async def find_thread_by_id(
     session: AsyncSession, business_id: int, thread_id: int
 ) -> Thread | None:
     """The thread, or the one it was merged into."""
-    rows = await statements.conversations_by_ids(session, business_id, [thread_id])
-    row = rows.get(thread_id)
-    if row is None:
-        current = await current_thread_id(session, business_id, thread_id)
-        if current == thread_id:
-            return None
-        row = (await statements.conversations_by_ids(session, business_id, [current])).get(current)
+
+    async def read(conversation_id: int) -> RowMapping | None:
+        rows = await statements.conversations_by_ids(session, business_id, [conversation_id])
+        return rows.get(conversation_id)
+
+    row = await on_current_thread(session, business_id, thread_id, read)
     return Thread.from_row(row) if row is not None else None
 
 
