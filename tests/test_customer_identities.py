@@ -24,7 +24,6 @@ import httpx
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import (
-    RuleBasedStateMachine,
     initialize,
     invariant,
     precondition,
@@ -46,7 +45,7 @@ from tests.test_unread import (
 from tests.test_unread_counters import (
     DELETE_MESSAGE,
     SET_THREAD_STATUS,
-    STORED_HISTORY_TABLES,
+    MachineInAWorld,
     World,
     assert_counters_equal_the_definition,
     run_machine_in_a_world,
@@ -889,19 +888,14 @@ def graphql_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class CustomerNamesMachine(RuleBasedStateMachine):
+class CustomerNamesMachine(MachineInAWorld):
     """Messages under every name of three customers, lead links, number and user id changes,
     reads and deletions through the API; after every step every name (and every thread id
     ever returned) of each customer leads to one thread of theirs, the messages and unread
     messages of each thread are the model's, and the counters equal the defining SQL."""
 
     def __init__(self, world: World) -> None:
-        super().__init__()
-        self.world = world
-        self.client = world.client
-        self.db = world.db
-        world.run(self.db.execute(f"TRUNCATE {STORED_HISTORY_TABLES} RESTART IDENTITY"))
-        self.steps = itertools.count()
+        super().__init__(world)
         self.components: list[Component] = []
         self.deliveries: list[dict[str, Any]] = []
         self.message_component: dict[str, Component] = {}

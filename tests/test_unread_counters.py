@@ -176,10 +176,8 @@ class StoredMessage:
     message_id: str
 
 
-class UnreadCountersMachine(RuleBasedStateMachine):
-    """Random interleavings through the API; the counters are compared after every step."""
-
-    messages = Bundle("messages")
+class MachineInAWorld(RuleBasedStateMachine):
+    """A state machine of the shared World, each example starting from an empty history."""
 
     def __init__(self, world: World) -> None:
         super().__init__()
@@ -188,6 +186,15 @@ class UnreadCountersMachine(RuleBasedStateMachine):
         self.db = world.db
         world.run(self.db.execute(f"TRUNCATE {STORED_HISTORY_TABLES} RESTART IDENTITY"))
         self.steps = itertools.count()
+
+
+class UnreadCountersMachine(MachineInAWorld):
+    """Random interleavings through the API; the counters are compared after every step."""
+
+    messages = Bundle("messages")
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
         # Every thread id of business 1 seen, also those merged away since (then NOT_FOUND).
         self.thread_ids: list[str] = []
         # Message id of each provider id stored, per business.
