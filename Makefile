@@ -10,7 +10,13 @@ DATA_DIR ?= $(or $(WA_INBOX_DATA_DIR),.pgdata)
 ROLE ?= agent
 BUSINESS_ID ?= 1
 
-.PHONY: install install-dev run token reset test lint format schema migrate clean bench bench-fanout bench-rls
+# The GraphQL-over-HTTP audit (tests/test_graphql_http_audit.py) runs graphql-http's npm
+# package with Node.js; `make test` installs it when npm is there, and the test skips without it.
+AUDIT_DIR := tests/graphql_http_audit
+AUDIT_PACKAGES := $(AUDIT_DIR)/node_modules/.installed-from-lock
+NPM := $(shell command -v npm 2>/dev/null)
+
+.PHONY: install install-dev audit-packages run token reset test lint format schema migrate clean bench bench-fanout bench-rls
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-inbox needs Python 3.11 or later")'
@@ -28,6 +34,18 @@ $(DEVELOPMENT): pyproject.toml | $(VENV)/bin/python
 install: $(SERVING)
 
 install-dev: $(DEVELOPMENT)
+
+$(AUDIT_PACKAGES): $(AUDIT_DIR)/package.json $(AUDIT_DIR)/package-lock.json
+	cd $(AUDIT_DIR) && npm ci --no-audit --no-fund
+	@touch $(AUDIT_PACKAGES)
+
+## Install the npm packages of the GraphQL-over-HTTP audit (needs Node.js 20+ and npm).
+ifeq ($(NPM),)
+audit-packages:
+	@echo "npm is not installed: the GraphQL-over-HTTP audit will skip (install Node.js 20+ to run it)"
+else
+audit-packages: $(AUDIT_PACKAGES)
+endif
 
 ## Install what serving needs, migrate (alembic upgrade head) and serve GraphQL on http://$HOST:$PORT/graphql.
 run: install
@@ -56,7 +74,7 @@ migrate: install
 	$(BIN)/python -m gql migrate
 
 ## Install, lint and run the whole suite (benchmarks excluded).
-test: install-dev lint
+test: install-dev lint audit-packages
 	$(BIN)/python -m pytest
 
 lint: install-dev
@@ -73,7 +91,7 @@ schema: install
 	$(BIN)/python -m gql export-schema > schema.graphql
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(AUDIT_DIR)/node_modules
 
 ## Benchmark suite (issue 7): reads, ingest and growth at small and large, side by side with
 ## their floors; prints a table, writes bench-results/suite.json and docs/bench-suite.png.

@@ -1,8 +1,11 @@
-"""GraphQL over HTTP, as the GraphQL-over-HTTP specification says it (graphql-http's audit).
+"""GraphQL over HTTP, as the GraphQL-over-HTTP specification says it (graphql-http's audit,
+run in full by tests/test_graphql_http_audit.py).
 
-`application/graphql-response+json` clients get 400 and no `data` entry for a request that
-fails before execution (malformed parameters, syntax, validation, variables);
-`application/json` clients get those errors with status 200, as the legacy media type expects.
+A request that is not well-formed GraphQL over HTTP (a body that is not JSON, parameters of the
+wrong kind, no `query`) is 400 whatever the media type. A well-formed request whose GraphQL
+fails before execution (syntax, validation, variables that do not coerce, no such operation)
+is 400 without a `data` entry for `application/graphql-response+json` clients, and 200 with
+its errors for `application/json` clients, as the legacy media type expects.
 """
 
 import json
@@ -69,8 +72,16 @@ class RequestRejected(Exception):
         return shaped
 
 
+class MalformedRequest(RequestRejected):
+    """Not a well-formed GraphQL-over-HTTP request (the body is not JSON, a parameter is of the
+    wrong kind): 400 whatever the media type (graphql-http audits BCF8, 3E3A, A5BF)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message, "BAD_REQUEST")
+
+
 class RequestInvalid(Exception):
-    """A malformed GraphQL-over-HTTP request: 400 for graphql-response+json, else 200."""
+    """A GraphQL request that fails before execution: 400 for graphql-response+json, else 200."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         super().__init__(errors[0]["message"])
@@ -329,7 +340,7 @@ class GraphQLEndpoint:
             )
         body = await self._read_body(request)
         if not body:
-            raise RequestInvalid([_error("a POST needs a JSON body with a `query`", "BAD_REQUEST")])
+            raise MalformedRequest("a POST needs a JSON body with a `query`")
         return _decode_json(body, "body")
 
     async def _read_body(self, request: Request) -> bytes:
@@ -361,24 +372,24 @@ def _decode_json(raw: str | bytes, what: str) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise RequestInvalid([_error(f"the {what} is not valid JSON", "BAD_REQUEST")]) from None
+        raise MalformedRequest(f"the {what} is not valid JSON") from None
 
 
 def _parameters(raw: Any) -> GraphQLParameters:
     if not isinstance(raw, dict):
-        raise RequestInvalid([_error("the request must be a JSON object", "BAD_REQUEST")])
+        raise MalformedRequest("the request must be a JSON object")
     query = raw.get("query")
     if not isinstance(query, str) or not query.strip():
-        raise RequestInvalid([_error("`query` must be a non-empty string", "BAD_REQUEST")])
+        raise MalformedRequest("`query` must be a non-empty string")
     operation_name = raw.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
-        raise RequestInvalid([_error("`operationName` must be a string or null", "BAD_REQUEST")])
+        raise MalformedRequest("`operationName` must be a string or null")
     variables = raw.get("variables")
     if variables is not None and not isinstance(variables, dict):
-        raise RequestInvalid([_error("`variables` must be an object or null", "BAD_REQUEST")])
+        raise MalformedRequest("`variables` must be an object or null")
     extensions = raw.get("extensions")
     if extensions is not None and not isinstance(extensions, dict):
-        raise RequestInvalid([_error("`extensions` must be an object or null", "BAD_REQUEST")])
+        raise MalformedRequest("`extensions` must be an object or null")
     return GraphQLParameters(
         query=query, operation_name=operation_name or None, variables=variables
     )
