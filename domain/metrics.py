@@ -22,6 +22,9 @@ class InboxMetrics:
     webhook_unknown_numbers: int = 0
     webhook_rejected_parts: int = 0
     webhook_storage_failures: int = 0
+    # GraphQL operations run on their compiled plan, and on graphql-core (what no plan covers).
+    graphql_compiled_executions: int = 0
+    graphql_reference_executions: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {field.name: getattr(self, field.name) for field in fields(self)}
