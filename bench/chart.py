@@ -1,10 +1,11 @@
-"""The README's chart of bench/suite.py's results: reads (ms, log scale) and ingest (msg/s)."""
+"""The README's chart of bench/suite.py's results: reads (ms, log scale), reads at 16 clients
+(requests/s) and ingest (msg/s), app and floor side by side."""
 
 from pathlib import Path
 from typing import Any
 
 READ_LABELS = {
-    "unread_badge": ("unreadCount", "seed COUNT(*)"),
+    "unread_badge": ("unreadCount", "floor"),
     "thread_list": ("threads(first: 50)", "floor"),
     "thread_end": ("messages(last: 50)", "floor"),
 }
@@ -23,7 +24,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = results["sizes"]
-    figure, (reads, ingest) = plt.subplots(1, 2, figsize=(14, 5.6), width_ratios=(3, 2))
+    figure, (reads, rates, ingest) = plt.subplots(1, 3, figsize=(20, 5.6), width_ratios=(3, 3, 2))
     width = 0.38
 
     labels, app_ms, base_ms = [], [], []
@@ -39,7 +40,7 @@ def draw(results: dict[str, Any], path: Path) -> None:
         [p + width / 2 for p in positions],
         base_ms,
         width,
-        label="baseline (seed SQL / hand-written floor)",
+        label="floor (hand-written SQL behind Starlette)",
     )
     for position, value in zip(positions, app_ms, strict=True):
         reads.annotate(
@@ -54,6 +55,28 @@ def draw(results: dict[str, Any], path: Path) -> None:
     reads.set_ylabel("median latency, ms (log)")
     reads.set_title("Reads over HTTP: median per request")
     reads.legend(fontsize=8)
+
+    app_rps = [
+        size["reads"][name]["throughput"]["app_requests_per_s"]
+        for name in READ_LABELS
+        for size in sizes
+    ]
+    floor_rps = [
+        size["reads"][name]["throughput"]["floor_requests_per_s"]
+        for name in READ_LABELS
+        for size in sizes
+    ]
+    rates.bar([p - width / 2 for p in positions], app_rps, width, label="wa-inbox (GraphQL)")
+    rates.bar([p + width / 2 for p in positions], floor_rps, width, label="floor")
+    for offset, values in ((-width / 2, app_rps), (width / 2, floor_rps)):
+        for position, value in zip(positions, values, strict=True):
+            rates.annotate(
+                f"{value:.0f}", (position + offset, value), ha="center", va="bottom", fontsize=7
+            )
+    rates.set_xticks(list(positions), labels, fontsize=8)
+    rates.set_ylabel("requests per second")
+    rates.set_title(f"Reads over HTTP, {results['plan']['clients']} concurrent clients")
+    rates.legend(fontsize=8)
 
     labels, app_rate, floor_rate = [], [], []
     for name, label in INGEST_LABELS.items():

@@ -1,6 +1,7 @@
 """The floor of this stack: the benchmark's reads as hand-written SQL behind a bare Starlette app.
 
     FLOOR_DATABASE_URL=postgresql://... PORT=8123 .venv/bin/python -m bench.floor
+    (FLOOR_POOL_SIZE: its asyncpg connections, 4 unless given)
 
 Started by bench/suite.py as its own uvicorn process, so it pays the same HTTP, JSON and process
 costs as `python -m gql serve` and nothing else: no GraphQL, no SQLAlchemy, no auth, no
@@ -43,6 +44,10 @@ WHERE c.business_id = $1
 ORDER BY c.last_message_at DESC, c.id DESC
 LIMIT $2
 """
+# The app's badge (db/statements.py total_unread): the sum of the business's shard counters.
+BADGE_SQL = """
+SELECT coalesce(sum(unread), 0)::bigint FROM whatsapp_business_unread WHERE business_id = $1
+"""
 _MESSAGES_AT_END = """
 SELECT id, conversation_id, direction, source, status,
        CASE WHEN status = 'deleted' THEN NULL ELSE body END AS body, sent_at, created_at,
@@ -62,13 +67,13 @@ def _cursor(sent_at: datetime, message_id: int) -> str:
     return base64.urlsafe_b64encode(f"{sent_at.isoformat()}|{message_id}".encode()).decode()
 
 
-def create_floor_app(database_url: str) -> Starlette:
+def create_floor_app(database_url: str, pool_size: int = 4) -> Starlette:
     """The floor app on `database_url` (a plain postgresql:// DSN)."""
     state: dict[str, Any] = {}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        pool = await asyncpg.create_pool(database_url, min_size=4, max_size=4)
+        pool = await asyncpg.create_pool(database_url, min_size=pool_size, max_size=pool_size)
         assert pool is not None
         has_counter = await pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE "
@@ -82,6 +87,11 @@ def create_floor_app(database_url: str) -> Starlette:
             yield
         finally:
             await pool.close()
+
+    async def unread(request: Request) -> JSONResponse:
+        business_id = int(request.query_params["business_id"])
+        count = await state["pool"].fetchval(BADGE_SQL, business_id)
+        return JSONResponse({"data": {"unreadCount": count}})
 
     async def threads(request: Request) -> JSONResponse:
         business_id = int(request.query_params["business_id"])
@@ -144,6 +154,7 @@ def create_floor_app(database_url: str) -> Starlette:
 
     return Starlette(
         routes=[
+            Route("/unread", unread, methods=["GET"]),
             Route("/threads", threads, methods=["GET"]),
             Route("/messages", messages, methods=["GET"]),
             Route("/healthz", lambda request: JSONResponse({"ok": True}), methods=["GET"]),
@@ -156,7 +167,9 @@ def main() -> None:
     import uvicorn
 
     uvicorn.run(
-        create_floor_app(os.environ["FLOOR_DATABASE_URL"]),
+        create_floor_app(
+            os.environ["FLOOR_DATABASE_URL"], int(os.environ.get("FLOOR_POOL_SIZE", "4"))
+        ),
         host="127.0.0.1",
         port=int(os.environ["PORT"]),
         log_level="warning",
