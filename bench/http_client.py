@@ -4,9 +4,8 @@ httpx spends longer building a request and reading its answer than the floor spe
 it (measured for issue 14 on the 2-core machine, client and servers sharing it: httpx added 2
 to 4 ms to every badge, the floor's whole answer is 1-2 ms), so its cost sat in every figure,
 on both sides, diluting each ratio, and capped the requests per second 16 connections offer.
-This client writes prepared bytes and reads the status
-line, the headers and a Content-Length body; chunked answers and anything else are refused
-(both servers send Content-Length).
+This client writes prepared bytes and reads the status line, the headers and a Content-Length
+body; chunked answers and anything else are refused (both servers send Content-Length).
 """
 
 import asyncio
