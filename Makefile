@@ -15,8 +15,12 @@ BUSINESS_ID ?= 1
 AUDIT_DIR := tests/graphql_http_audit
 AUDIT_PACKAGES := $(AUDIT_DIR)/node_modules/.installed-from-lock
 NPM := $(shell command -v npm 2>/dev/null)
+# Apollo Client's persisted-queries link, run against a live server by
+# tests/test_persisted_documents.py; installed the same way, again when its lock file changes.
+APOLLO_CLIENT_DIR := tests/apollo_client
+APOLLO_CLIENT_PACKAGES := $(APOLLO_CLIENT_DIR)/node_modules/.installed-from-lock
 
-.PHONY: install install-dev audit-packages run token reset test lint format schema migrate clean bench bench-fanout bench-rls
+.PHONY: install install-dev audit-packages apollo-client-packages run token reset test lint format schema migrate clean bench bench-fanout bench-rls
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wa-inbox needs Python 3.11 or later")'
@@ -47,6 +51,18 @@ else
 audit-packages: $(AUDIT_PACKAGES)
 endif
 
+$(APOLLO_CLIENT_PACKAGES): $(APOLLO_CLIENT_DIR)/package.json $(APOLLO_CLIENT_DIR)/package-lock.json
+	cd $(APOLLO_CLIENT_DIR) && npm ci --no-audit --no-fund
+	@touch $(APOLLO_CLIENT_PACKAGES)
+
+## Install Apollo Client for the persisted-documents test (needs Node.js 20+ and npm).
+ifeq ($(NPM),)
+apollo-client-packages:
+	@echo "npm is not installed: the Apollo Client test of persisted documents will skip (install Node.js 20+ to run it)"
+else
+apollo-client-packages: $(APOLLO_CLIENT_PACKAGES)
+endif
+
 ## Install what serving needs, migrate (alembic upgrade head) and serve GraphQL on http://$HOST:$PORT/graphql.
 run: install
 	$(BIN)/python -m gql serve
@@ -74,7 +90,7 @@ migrate: install
 	$(BIN)/python -m gql migrate
 
 ## Install, lint and run the whole suite (benchmarks excluded).
-test: install-dev lint audit-packages
+test: install-dev lint audit-packages apollo-client-packages
 	$(BIN)/python -m pytest
 
 lint: install-dev
@@ -91,7 +107,7 @@ schema: install
 	$(BIN)/python -m gql export-schema > schema.graphql
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(AUDIT_DIR)/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(AUDIT_DIR)/node_modules $(APOLLO_CLIENT_DIR)/node_modules
 
 ## Benchmark suite (issue 7): reads, ingest and growth at small and large, side by side with
 ## their floors; prints a table, writes bench-results/suite.json and docs/bench-suite.png.

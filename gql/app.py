@@ -17,10 +17,11 @@ from db.engine import EngineOptions, build_engine, build_sessionmaker
 from domain.metrics import InboxMetrics
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
-from gql.http import GraphQLEndpoint
+from gql.http import GraphQLEndpoint, checked_document
 from gql.legacy_rest import AnyMethod, LegacyRestEndpoints
 from gql.log_redaction import install_log_redaction
 from gql.origins import WebSocketOriginGuard
+from gql.persisted_documents import PersistedDocuments
 from gql.schema import build_schema
 from gql.settings import Settings
 from gql.websocket import InboxWebSocketView
@@ -70,12 +71,24 @@ def create_app(settings: Settings) -> Starlette:
         default_region=settings.default_region,
         metrics=metrics,
     )
+    persisted_documents = PersistedDocuments(
+        settings.trusted_documents,
+        # As Apollo Server does, only documents that parse and validate are learned.
+        accepts=lambda text: not checked_document(schema, text)[1],
+    )
+    if settings.trusted_documents is not None:
+        log.info(
+            "TRUSTED_DOCUMENTS: only the %d documents of %s run",
+            len(settings.trusted_documents.by_id),
+            settings.trusted_documents.source,
+        )
     graphql = GraphQLEndpoint(
         schema,
         contexts=hub.contexts,
         auth_secret=auth_secret,
         max_body_bytes=settings.max_body_bytes,
         max_batch_operations=settings.max_batch_operations,
+        persisted_documents=persisted_documents,
     )
     websockets = InboxWebSocketView(
         schema,
@@ -84,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
         connection_init_timeout=timedelta(seconds=settings.ws_connection_init_timeout_s),
         max_subscriptions_per_connection=settings.ws_max_subscriptions,
         allowed_origins=settings.cors_allowed_origins,
+        persisted_documents=persisted_documents,
     )
     whatsapp = WhatsAppWebhook(
         sessions=sessions,

@@ -11,7 +11,7 @@ its errors for `application/json` clients, as the legacy media type expects.
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -39,6 +39,7 @@ from gql.auth import Principal, authenticate, refused_request_challenge
 from gql.context import ContextFactory
 from gql.errors import request_error_code
 from gql.limits import QUERY_TOO_COMPLEX, QueryLimits
+from gql.persisted_documents import DocumentRefused, PersistedDocuments, names_persisted_document
 from gql.request_bodies import BodyTooLarge, ClientGone, read_bounded_body, request_id_of
 
 log = logging.getLogger("wa_inbox.http")
@@ -90,9 +91,13 @@ class RequestInvalid(Exception):
 
 @dataclass(frozen=True)
 class GraphQLParameters:
+    # The document's text; "" from a request that names a persisted document instead, until
+    # `_execute` resolves it.
     query: str
     operation_name: str | None
     variables: dict[str, Any] | None
+    extensions: dict[str, Any] | None = None
+    document_id: str | None = None
 
 
 def _error(message: str, code: str) -> dict[str, Any]:
@@ -167,8 +172,10 @@ class GraphQLEndpoint:
         auth_secret: str,
         max_body_bytes: int,
         max_batch_operations: int = 1,
+        persisted_documents: PersistedDocuments | None = None,
     ) -> None:
         self.schema = schema
+        self.persisted_documents = persisted_documents or PersistedDocuments()
         self.contexts = contexts
         self.auth_secret = auth_secret
         self.max_body_bytes = max_body_bytes
@@ -283,6 +290,13 @@ class GraphQLEndpoint:
         principal: Principal,
         request_id: str,
     ) -> dict[str, Any]:
+        try:
+            query = self.persisted_documents.document_for(
+                parameters.query, parameters.extensions, parameters.document_id
+            )
+        except DocumentRefused as refused:
+            raise RequestRejected(refused.status, refused.message, refused.code) from None
+        parameters = replace(parameters, query=query)
         graphql_schema = self.schema._schema
         document, errors = checked_document(self.schema, parameters.query)
         if errors:
@@ -379,19 +393,32 @@ def _parameters(raw: Any) -> GraphQLParameters:
     if not isinstance(raw, dict):
         raise MalformedRequest("the request must be a JSON object")
     query = raw.get("query")
-    if not isinstance(query, str) or not query.strip():
+    document_id = raw.get("documentId")
+    extensions = raw.get("extensions")
+    # A request naming a persisted document may leave `query` out (gql/persisted_documents.py).
+    named = names_persisted_document(
+        extensions if isinstance(extensions, dict) else None, document_id
+    )
+    if named and (query is None or (isinstance(query, str) and not query.strip())):
+        query = ""
+    elif not isinstance(query, str) or not query.strip():
         raise MalformedRequest("`query` must be a non-empty string")
+    if document_id is not None and not isinstance(document_id, str):
+        raise MalformedRequest("`documentId` must be a string or null")
     operation_name = raw.get("operationName")
     if operation_name is not None and not isinstance(operation_name, str):
         raise MalformedRequest("`operationName` must be a string or null")
     variables = raw.get("variables")
     if variables is not None and not isinstance(variables, dict):
         raise MalformedRequest("`variables` must be an object or null")
-    extensions = raw.get("extensions")
     if extensions is not None and not isinstance(extensions, dict):
         raise MalformedRequest("`extensions` must be an object or null")
     return GraphQLParameters(
-        query=query, operation_name=operation_name or None, variables=variables
+        query=query,
+        operation_name=operation_name or None,
+        variables=variables,
+        extensions=extensions,
+        document_id=document_id,
     )
 
 

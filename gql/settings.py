@@ -8,6 +8,7 @@ from pathlib import Path
 import phonenumbers
 
 from gql.limits import QueryLimits
+from gql.persisted_documents import ManifestError, TrustedDocuments
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,8 @@ class Settings:
     # Browser origins allowed to call the API (CORS) and open websockets; same-origin pages
     # (GraphiQL served here) are always allowed, non-browser clients send no Origin.
     cors_allowed_origins: tuple[str, ...] = ()
+    # The allow-list (TRUSTED_DOCUMENTS), read once here so a bad manifest stops the start.
+    trusted_documents: TrustedDocuments | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -98,6 +101,7 @@ class Settings:
                 high=300,
             ),
             cors_allowed_origins=_origins(env.get("CORS_ALLOWED_ORIGINS", "")),
+            trusted_documents=_trusted_documents(env.get("TRUSTED_DOCUMENTS", "").strip()),
         )
 
     @property
@@ -122,6 +126,15 @@ def _auth_secret(raw: str | None) -> str | None:
             "print(secrets.token_urlsafe(32))')"
         )
     return raw
+
+
+def _trusted_documents(raw: str) -> TrustedDocuments | None:
+    if not raw:
+        return None
+    try:
+        return TrustedDocuments.load(Path(raw))
+    except ManifestError as error:
+        raise SettingsError(f"TRUSTED_DOCUMENTS={raw}: {error}") from None
 
 
 def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -34,6 +34,7 @@ from domain.errors import Unauthenticated
 from gql.auth import Principal, authenticate
 from gql.fanout import LEGACY_WS, TRANSPORT_WS, FanOutHub, Outlet
 from gql.http import checked_document
+from gql.persisted_documents import DocumentRefused, PersistedDocuments, names_persisted_document
 
 CLOSE_FORBIDDEN = 4403
 
@@ -82,6 +83,7 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         connection_init_timeout: timedelta = timedelta(seconds=10),
         max_subscriptions_per_connection: int = 100,
         allowed_origins: tuple[str, ...] = (),
+        persisted_documents: PersistedDocuments | None = None,
     ) -> None:
         super().__init__(
             schema,
@@ -94,6 +96,7 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         )
         self.hub = hub
         self.auth_secret = auth_secret
+        self.persisted_documents = persisted_documents or PersistedDocuments()
         self.graphql_transport_ws_handler_class = TransportWSHandler
         self.graphql_ws_handler_class = LegacyWSHandler
 
@@ -158,9 +161,18 @@ def _well_formed(message: object, protocol: str) -> bool:
             return False
     if kind in ("subscribe", "start"):
         payload = message.get("payload")
+        if not isinstance(payload, dict):
+            return False
+        query, extensions = payload.get("query"), payload.get("extensions")
+        document_id = payload.get("documentId")
+        if not isinstance(extensions or {}, dict) or not isinstance(document_id or "", str):
+            return False
+        # A persisted document's id may stand in for the text (gql/persisted_documents.py).
         return (
-            isinstance(payload, dict)
-            and isinstance(payload.get("query"), str)
+            (
+                isinstance(query, str)
+                or (query is None and names_persisted_document(extensions, document_id))
+            )
             and isinstance(payload.get("variables") or {}, dict)
             and isinstance(payload.get("operationName") or "", str)
         )
@@ -187,7 +199,22 @@ class _OutboxHandler:
         if not _well_formed(message, self.protocol):
             await self.websocket.close(code=4400, reason="Invalid message")
             return
+        if message["type"] in ("subscribe", "start") and self.connection_acknowledged:
+            payload = message["payload"]
+            try:
+                query = self.view.persisted_documents.document_for(
+                    payload.get("query"), payload.get("extensions"), payload.get("documentId")
+                )
+            except DocumentRefused as refused:
+                error = {"message": refused.message, "extensions": {"code": refused.code}}
+                await self.refuse_operation(message["id"], error)
+                return
+            message = {**message, "payload": {**payload, "query": query}}
         await super().handle_message(message)  # type: ignore[misc]
+
+    async def refuse_operation(self, operation_id: str, error: dict[str, Any]) -> None:
+        """Answer an operation whose document may not run with the protocol's error message."""
+        raise NotImplementedError
 
     async def handle(self) -> None:
         outlet = self.view.hub.open_outlet(self.context.websocket, self.protocol)
@@ -218,6 +245,15 @@ class _OutboxHandler:
 
 class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketContext, None]):
     protocol = TRANSPORT_WS
+
+    async def refuse_operation(self, operation_id: str, error: dict[str, Any]) -> None:
+        if operation_id in self.operations:
+            # What Strawberry answers a reused id with, refused document or not.
+            await self.websocket.close(
+                code=4409, reason=f"Subscriber for {operation_id} already exists"
+            )
+            return
+        await self.send_message({"id": operation_id, "type": "error", "payload": [error]})
 
     async def handle_connection_init(self, message: Any) -> None:
         # Strawberry 0.341's own, but for the close reason of a refused token, which says
@@ -272,6 +308,12 @@ class LegacyWSHandler(_OutboxHandler, BaseGraphQLWSHandler[SocketContext, None])
     """The legacy `graphql-ws` subprotocol (subscriptions-transport-ws)."""
 
     protocol = LEGACY_WS
+
+    async def refuse_operation(self, operation_id: str, error: dict[str, Any]) -> None:
+        # A start with a running id replaces that operation, refused or not.
+        if operation_id in self.tasks:
+            await self.cleanup_operation(operation_id)
+        await self.send_message({"type": "error", "id": operation_id, "payload": error})
 
     async def handle(self) -> None:
         # Strawberry bounds the wait for connection_init on graphql-transport-ws only.
