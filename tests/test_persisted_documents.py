@@ -151,6 +151,67 @@ async def test_a_learned_document_runs_by_its_document_id(client: GraphQLClient)
     assert error_codes(unknown) == ["PERSISTED_QUERY_NOT_FOUND"]
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(
+            {"documentId": 7}, "`documentId` must be a string or null", id="document_id_number"
+        ),
+        pytest.param(
+            {"documentId": "x", "query": BADGE},
+            "send `documentId` or `query`, not both",
+            id="document_id_and_query",
+        ),
+        pytest.param(
+            {"documentId": "x", "extensions": persisted_query(BADGE)},
+            "send `documentId` or `extensions.persistedQuery`, not both",
+            id="document_id_and_hash",
+        ),
+        pytest.param(
+            {"extensions": {"persistedQuery": "abc"}},
+            "`extensions.persistedQuery` must be an object {version, sha256Hash}",
+            id="persisted_query_a_string",
+        ),
+        pytest.param(
+            {"extensions": {"persistedQuery": {"version": 1}}},
+            "`extensions.persistedQuery.sha256Hash` must be a non-empty string",
+            id="no_hash",
+        ),
+    ],
+)
+async def test_a_malformed_persisted_document_request_is_a_bad_request(
+    client: GraphQLClient, body: dict[str, Any], message: str
+) -> None:
+    refused = await post(client, body)
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]
+
+
+async def test_a_websocket_learns_a_document_as_http_does(
+    app: Starlette, client: GraphQLClient
+) -> None:
+    async with serving(app) as url, GraphQLSocket.open(url) as socket:
+        hash_only = {"query": "", "extensions": persisted_query(BADGE)}
+        await socket.send({"id": "unknown", "type": "subscribe", "payload": hash_only})
+        unknown = await socket.receive()
+        assert unknown == {
+            "id": "unknown",
+            "type": "error",
+            "payload": [
+                {
+                    "message": "PersistedQueryNotFound",
+                    "extensions": {"code": "PERSISTED_QUERY_NOT_FOUND"},
+                }
+            ],
+        }
+        with_text = {"query": BADGE, "extensions": persisted_query(BADGE)}
+        for operation_id, payload in [("learn", with_text), ("known", hash_only)]:
+            await socket.send({"id": operation_id, "type": "subscribe", "payload": payload})
+            assert await socket.next_payload() == {"data": {"unreadCount": 0}}
+            assert await socket.receive() == {"id": operation_id, "type": "complete"}
+    assert (await get_by_hash(client, BADGE)).json() == {"data": {"unreadCount": 0}}
+
+
 async def test_a_mutation_named_by_hash_is_refused_over_get(client: GraphQLClient) -> None:
     await post(
         client,
