@@ -74,7 +74,8 @@ def draw(results: dict[str, Any], path: Path) -> None:
                 f"{value:.0f}", (position + offset, value), ha="center", va="bottom", fontsize=7
             )
     rates.set_xticks(list(positions), labels, fontsize=8)
-    rates.set_ylabel("requests per second")
+    rates.set_yscale("log")
+    rates.set_ylabel("requests per second (log)")
     rates.set_title(f"Reads over HTTP, {results['plan']['clients']} concurrent clients")
     rates.legend(fontsize=8)
 
@@ -101,7 +102,9 @@ def draw(results: dict[str, Any], path: Path) -> None:
     host = results["machine"]
     figure.suptitle(
         f"wa-inbox benchmark suite: {host['cpus']} CPUs ({host['cpu_model']}), "
-        f"{host['ram_gb']} GB, PostgreSQL {results['postgresql']}",
+        f"{host['ram_gb']} GB, PostgreSQL {results['postgresql']}; load average "
+        f"{results['load_average']['start']:.1f} at the start, "
+        f"{results['load_average']['end']:.1f} at the end",
         fontsize=10,
     )
     figure.tight_layout()
