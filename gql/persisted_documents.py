@@ -261,7 +261,8 @@ def _apq_hash(extensions: Mapping[str, Any] | None) -> str | None:
         raise DocumentRefused(
             400, "`extensions.persistedQuery` must be an object {version, sha256Hash}", BAD_REQUEST
         )
-    if persisted.get("version") != 1:
+    version = persisted.get("version")
+    if isinstance(version, bool) or version != 1:  # JSON's true is not 1
         raise DocumentRefused(400, "Unsupported persisted query version", BAD_REQUEST)
     sha256_hash = persisted.get("sha256Hash")
     if not isinstance(sha256_hash, str) or not sha256_hash:

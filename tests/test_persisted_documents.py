@@ -131,7 +131,7 @@ async def test_a_document_that_does_not_validate_is_not_learned(client: GraphQLC
     assert error_codes(await get_by_hash(client, invalid)) == ["PERSISTED_QUERY_NOT_FOUND"]
 
 
-@pytest.mark.parametrize("version", [2, "1", None])
+@pytest.mark.parametrize("version", [2, "1", True, None])
 async def test_an_unsupported_persisted_query_version_is_refused(
     client: GraphQLClient, version: Any
 ) -> None:
