@@ -1,8 +1,12 @@
 """Engine and session factory: one per process, built by the application's lifespan."""
 
+import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from sqlalchemy import event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -57,14 +61,16 @@ class EngineOptions:
 def build_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine:
     """Create the process's engine; every connection carries a statement and lock timeout."""
     options = options or EngineOptions()
-    return create_async_engine(
+    engine = create_async_engine(
         to_async_url(url),
         pool_size=options.pool_size,
         max_overflow=options.max_overflow,
         pool_timeout=options.pool_timeout_s,
         # A connection the server killed (restart, pg_terminate_backend) is noticed on
-        # checkout instead of failing the next unit of work.
-        pool_pre_ping=True,
+        # checkout (see _discard_closed_connections) instead of failing the next unit of work.
+        # SQLAlchemy's own pre-ping costs three round trips on asyncpg (BEGIN, ping,
+        # ROLLBACK) on every checkout: more than a whole inbox read.
+        pool_pre_ping=False,
         connect_args={
             "timeout": options.connect_timeout_s,
             # The client-side bound sits above the server-side one, so PostgreSQL normally
@@ -80,6 +86,36 @@ def build_engine(url: str, options: EngineOptions | None = None) -> AsyncEngine:
             },
         },
     )
+    _discard_closed_connections(engine)
+    return engine
+
+
+# A connection idle in the pool longer than this is pinged at checkout (a server restart
+# takes longer); one in steady use is not, so busy servers pay no round trip for it.
+IDLE_PING_S = 1.0
+
+
+def _discard_closed_connections(engine: AsyncEngine) -> None:
+    """At checkout, replace a connection the server closed. asyncpg sees most closes as they
+    happen, so asking costs no round trip; a connection idle for a while is pinged as well.
+    Dropped mid-use, a connection fails that unit of work, which is retried whole
+    (db/unit_of_work.py), and SQLAlchemy then recycles every connection older than it."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = record.driver_connection
+        if driver is None or driver.is_closed():
+            raise DisconnectionError("the server closed this pooled connection")
+        returned_at = record.info.get("returned_at")
+        if returned_at is not None and time.monotonic() - returned_at > IDLE_PING_S:
+            try:
+                dbapi_connection.ping()
+            except Exception as dead:
+                raise DisconnectionError("a pooled connection did not answer its ping") from dead
 
 
 def build_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -10,8 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    BigInteger,
     ColumnElement,
     RowMapping,
     String,
@@ -23,8 +21,6 @@ from sqlalchemy import (
     literal,
     select,
     text,
-    true,
-    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert
@@ -657,19 +653,6 @@ async def find_message_by_provider_id(
     return result.mappings().first()
 
 
-async def messages_by_provider_ids(
-    session: AsyncSession, business_id: int, provider_message_ids: Sequence[str]
-) -> dict[str, RowMapping]:
-    """The business's messages with these provider ids, in one statement; absent ids are absent."""
-    result = await session.execute(
-        select(messages).where(
-            messages.c.business_id == business_id,
-            messages.c.provider_message_id.in_(provider_message_ids),
-        )
-    )
-    return {row["provider_message_id"]: row for row in result.mappings()}
-
-
 async def find_latest_conversation_by_phone(
     session: AsyncSession, business_id: int, phone_e164: str
 ) -> RowMapping | None:
@@ -685,18 +668,6 @@ async def find_latest_conversation_by_phone(
     return result.mappings().one_or_none()
 
 
-async def conversations_by_ids(
-    session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
-) -> dict[int, RowMapping]:
-    result = await session.execute(
-        select(conversations).where(
-            conversations.c.business_id == business_id,
-            conversations.c.id.in_(conversation_ids),
-        )
-    )
-    return {row["id"]: row for row in result.mappings()}
-
-
 async def unread_counts(
     session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
 ) -> dict[int, int]:
@@ -710,16 +681,6 @@ async def unread_counts(
     return {conversation_id: count for conversation_id, count in result.all()}
 
 
-async def total_unread(session: AsyncSession, business_id: int) -> int:
-    """The business's unread total: the sum of its shard rows, whatever the history's size."""
-    result = await session.execute(
-        select(func.coalesce(func.sum(business_unread.c.unread), 0)).where(
-            business_unread.c.business_id == business_id
-        )
-    )
-    return int(result.scalar_one())
-
-
 async def total_unread_by_definition(session: AsyncSession, business_id: int) -> int:
     """The unread total counted from the messages themselves (what the counters must equal)."""
     result = await session.execute(
@@ -729,50 +690,6 @@ async def total_unread_by_definition(session: AsyncSession, business_id: int) ->
         .where(conversations.c.business_id == business_id, counts_as_unread())
     )
     return int(result.scalar_one())
-
-
-async def latest_messages(
-    session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
-) -> dict[int, RowMapping]:
-    """The latest message (by sent_at, then id) of each conversation, in one statement."""
-    wanted = select(
-        func.unnest(cast(list(conversation_ids), ARRAY(BigInteger))).label("conversation_id")
-    ).subquery("wanted")
-    latest = (
-        select(messages)
-        .where(
-            messages.c.conversation_id == wanted.c.conversation_id,
-            messages.c.business_id == business_id,
-        )
-        .order_by(messages.c.sent_at.desc(), messages.c.id.desc())
-        .limit(1)
-        .lateral("latest")
-    )
-    result = await session.execute(select(latest).select_from(wanted).join(latest, true()))
-    return {row["conversation_id"]: row for row in result.mappings()}
-
-
-async def page_conversations(
-    session: AsyncSession,
-    business_id: int,
-    *,
-    limit: int,
-    after: tuple[datetime, int] | None,
-    unread_only: bool,
-) -> list[RowMapping]:
-    """Conversations by latest activity first (last_message_at, then id, descending)."""
-    statement = select(conversations).where(conversations.c.business_id == business_id)
-    if after is not None:
-        after_at, after_id = after
-        statement = statement.where(
-            tuple_(conversations.c.last_message_at, conversations.c.id) < tuple_(after_at, after_id)
-        )
-    if unread_only:
-        statement = statement.where(conversations.c.unread_count > 0)
-    statement = statement.order_by(
-        conversations.c.last_message_at.desc(), conversations.c.id.desc()
-    ).limit(limit)
-    return list((await session.execute(statement)).mappings())
 
 
 async def conversations_active_since(
@@ -789,37 +706,6 @@ async def conversations_active_since(
         .limit(limit)
     )
     return list(result.scalars())
-
-
-async def page_messages(
-    session: AsyncSession,
-    business_id: int,
-    conversation_id: int,
-    *,
-    after: tuple[datetime, int] | None,
-    before: tuple[datetime, int] | None,
-    limit: int,
-    from_end: bool,
-) -> list[RowMapping]:
-    """A slice of one thread in chronological order (sent_at, then id).
-
-    With `from_end` the slice is taken from the end of the range (Relay's `last`); rows are
-    returned in chronological order either way.
-    """
-    position = tuple_(messages.c.sent_at, messages.c.id)
-    statement = select(messages).where(
-        messages.c.business_id == business_id, messages.c.conversation_id == conversation_id
-    )
-    if after is not None:
-        statement = statement.where(position > tuple_(*after))
-    if before is not None:
-        statement = statement.where(position < tuple_(*before))
-    if from_end:
-        statement = statement.order_by(messages.c.sent_at.desc(), messages.c.id.desc())
-    else:
-        statement = statement.order_by(messages.c.sent_at, messages.c.id)
-    rows = list((await session.execute(statement.limit(limit))).mappings())
-    return rows[::-1] if from_end else rows
 
 
 _UNIQUE_INDEXES_ON = text(

@@ -5,10 +5,11 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.errors import is_retryable
 
@@ -79,4 +80,76 @@ async def run_unit_of_work(
                 attempts,
             )
             await asyncio.sleep(base_delay_s * (2 ** (attempt - 1)) * (1 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class ReadOnlyUnit:
+    """A read-only unit of work: one session on one connection, in one read-only transaction.
+
+    Reads are most of the traffic, so their transaction starts in one round trip: the BEGIN
+    and the row-level security setting are sent together (a unit_of_work sends BEGIN, then the
+    setting, each its own statement), and it ends with one ROLLBACK, as nothing was written.
+    The connection is in AUTOCOMMIT for SQLAlchemy, so the transaction is ours alone: SQLAlchemy
+    starts none of its own inside it, and statements run through the session land in it.
+    """
+
+    def __init__(self, session: AsyncSession, connection: AsyncConnection, driver: Any) -> None:
+        self.session = session
+        self._connection = connection
+        self._driver = driver
+
+    async def close(self) -> None:
+        """Roll back and give the connection back; a connection that cannot roll back is
+        discarded, never pooled with a transaction open."""
+        try:
+            await self.session.close()
+            await self._driver.execute("ROLLBACK")
+        except BaseException:
+            await self._connection.invalidate()
+            raise
+        finally:
+            await self._connection.close()
+
+
+# A pooled connection the server closed, as asyncpg reports its first use: a socket error, a
+# connection error, or (when the server's goodbye arrived while the connection sat idle and
+# was not processed yet) a protocol state it cannot leave.
+_DISCONNECTS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+_READ_ATTEMPTS = 3
+
+
+async def open_read_only(sessions: Sessions, business_id: int) -> ReadOnlyUnit:
+    """A read-only unit of work scoped to `business_id` (row-level security, as above).
+
+    A pooled connection the server closed meanwhile is replaced: the pool checks liveness for
+    free at checkout (db/engine.py), and this covers a close it has not seen yet.
+    """
+    engine: AsyncEngine = sessions.kw["bind"]
+    begin = (
+        "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; "
+        f"SELECT set_config('wa_inbox.business_id', '{int(business_id)}', true)"
+    )
+    for attempt in range(1, _READ_ATTEMPTS + 1):
+        connection = await engine.connect()
+        try:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            await driver.execute(begin)
+        except _DISCONNECTS:
+            await connection.invalidate()
+            await connection.close()
+            if attempt == _READ_ATTEMPTS:
+                raise
+            continue
+        except BaseException:
+            await connection.invalidate()
+            await connection.close()
+            raise
+        return ReadOnlyUnit(sessions(bind=connection), connection, driver)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -25,7 +25,7 @@ from enum import Enum
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import message_revisions, statements
+from db import inbox_reads, message_revisions, statements
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.errors import BadInput
 from domain.events import ThreadRead
@@ -169,7 +169,7 @@ async def apply_pending_revisions(
             assert deleted is not None  # inserted by this transaction
             message, was_unread = deleted
             if was_unread:
-                threads = await statements.conversations_by_ids(
+                threads = await inbox_reads.conversations_by_ids(
                     session, business_id, [conversation["id"]]
                 )
                 conversation = threads[conversation["id"]]

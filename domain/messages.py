@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import statements
+from db import inbox_reads, statements
 from db.errors import MissingConflictTarget
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.canonical_keys import normalize_lead_id
@@ -279,7 +279,7 @@ async def _find_duplicate(session: AsyncSession, message: _CheckedMessage) -> In
     if row is None:
         return None
     stored = Message.from_row(row)
-    threads = await statements.conversations_by_ids(
+    threads = await inbox_reads.conversations_by_ids(
         session, message.business_id, [stored.thread_id]
     )
     return IngestOutcome(stored, Thread.from_row(threads[stored.thread_id]), duplicate=True)

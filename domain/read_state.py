@@ -12,7 +12,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import statements
+from db import inbox_reads, statements
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.customer_identities import on_current_thread
 from domain.errors import BadInput, NotFound
@@ -44,7 +44,7 @@ async def unread_counts(
 
 async def total_unread(session: AsyncSession, business_id: int) -> int:
     """The business's unread badge: unread messages over all its threads."""
-    return await statements.total_unread(session, business_id)
+    return await inbox_reads.total_unread(session, business_id)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ async def unread_snapshot(
         session, business_id, changed_since, limit
     )
     if not thread_ids:
-        latest = await statements.page_conversations(
+        latest = await inbox_reads.page_conversations(
             session, business_id, limit=1, after=None, unread_only=False
         )
         thread_ids = [row["id"] for row in latest]

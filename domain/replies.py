@@ -4,7 +4,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import statements
+from db import inbox_reads
 from domain.models import Message
 
 
@@ -15,5 +15,5 @@ async def quoted_messages(
     exactly (see domain/message_revisions.py on other spellings of one id)."""
     if not provider_message_ids:
         return {}
-    rows = await statements.messages_by_provider_ids(session, business_id, provider_message_ids)
+    rows = await inbox_reads.messages_by_provider_ids(session, business_id, provider_message_ids)
     return {provider_id: Message.from_row(row) for provider_id, row in rows.items()}

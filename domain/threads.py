@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import identity_links, statements
+from db import identity_links, inbox_reads, statements
 from domain.canonical_keys import canonical_key, normalize_lead_id
 from domain.customer_identities import on_current_thread
 from domain.errors import BadInput
@@ -13,6 +13,7 @@ from domain.models import Message, Thread
 from domain.pagination import (
     DEFAULT_PAGE_SIZE,
     Page,
+    Position,
     check_page_size,
     decode_cursor,
     encode_cursor,
@@ -54,7 +55,7 @@ async def find_thread_by_id(
     """The thread, or the one it was merged into."""
 
     async def read(conversation_id: int) -> RowMapping | None:
-        rows = await statements.conversations_by_ids(session, business_id, [conversation_id])
+        rows = await inbox_reads.conversations_by_ids(session, business_id, [conversation_id])
         return rows.get(conversation_id)
 
     row = await on_current_thread(session, business_id, thread_id, read)
@@ -82,7 +83,7 @@ async def _thread_named(session: AsyncSession, business_id: int, key: str) -> Th
 async def threads_by_ids(
     session: AsyncSession, business_id: int, thread_ids: Sequence[int]
 ) -> dict[int, Thread]:
-    rows = await statements.conversations_by_ids(session, business_id, thread_ids)
+    rows = await inbox_reads.conversations_by_ids(session, business_id, thread_ids)
     return {thread_id: Thread.from_row(row) for thread_id, row in rows.items()}
 
 
@@ -100,7 +101,7 @@ async def phones_of(
 async def latest_messages(
     session: AsyncSession, business_id: int, thread_ids: Sequence[int]
 ) -> dict[int, Message]:
-    rows = await statements.latest_messages(session, business_id, thread_ids)
+    rows = await inbox_reads.latest_messages(session, business_id, thread_ids)
     return {thread_id: Message.from_row(row) for thread_id, row in rows.items()}
 
 
@@ -118,17 +119,46 @@ async def list_threads(
     unread_only: bool,
 ) -> Page[Thread]:
     """Threads by latest activity first, `first` at a time after the cursor `after`."""
-    size = check_page_size(first, "first")
-    size = DEFAULT_PAGE_SIZE if size is None else size
-    position = decode_cursor(THREAD_CURSOR, after, "after")
-    rows = await statements.page_conversations(
+    size, position = _thread_page_request(first, after)
+    rows = await inbox_reads.page_conversations(
         session, business_id, limit=size + 1, after=position, unread_only=unread_only
     )
-    threads = [Thread.from_row(row) for row in rows[:size]]
+    return _thread_page([Thread.from_row(row) for row in rows], size, position)
+
+
+async def list_threads_with_last_messages(
+    session: AsyncSession,
+    business_id: int,
+    *,
+    first: int | None,
+    after: str | None,
+    unread_only: bool,
+) -> tuple[Page[Thread], dict[int, Message | None]]:
+    """`list_threads`, with each thread's latest message, read in the same statement."""
+    size, position = _thread_page_request(first, after)
+    rows = await inbox_reads.page_conversations_with_last_messages(
+        session, business_id, limit=size + 1, after=position, unread_only=unread_only
+    )
+    page = _thread_page([Thread.from_row(row) for row, _ in rows], size, position)
+    last_messages = {
+        row["id"]: Message.from_row(last) if last is not None else None for row, last in rows[:size]
+    }
+    return page, last_messages
+
+
+def _thread_page_request(first: int | None, after: str | None) -> tuple[int, Position | None]:
+    size = check_page_size(first, "first")
+    return (DEFAULT_PAGE_SIZE if size is None else size), decode_cursor(
+        THREAD_CURSOR, after, "after"
+    )
+
+
+def _thread_page(threads: list[Thread], size: int, position: Position | None) -> Page[Thread]:
+    shown = threads[:size]
     return Page(
-        items=threads,
-        cursors=[encode_cursor(THREAD_CURSOR, (t.last_message_at, t.id)) for t in threads],
-        has_next_page=len(rows) > size,
+        items=shown,
+        cursors=[encode_cursor(THREAD_CURSOR, (t.last_message_at, t.id)) for t in shown],
+        has_next_page=len(threads) > size,
         has_previous_page=position is not None,
     )
 
@@ -156,7 +186,7 @@ async def list_messages(
     before_position = decode_cursor(MESSAGE_CURSOR, before, "before")
     from_end = last is not None
     size = last if last is not None else (first if first is not None else DEFAULT_PAGE_SIZE)
-    rows = await statements.page_messages(
+    rows = await inbox_reads.page_messages(
         session,
         business_id,
         thread_id,

@@ -20,6 +20,7 @@ from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint, checked_document
 from gql.legacy_rest import AnyMethod, LegacyRestEndpoints
 from gql.log_redaction import install_log_redaction
+from gql.operations import Operations
 from gql.origins import WebSocketOriginGuard
 from gql.persisted_documents import PersistedDocuments
 from gql.schema import build_schema
@@ -64,12 +65,14 @@ def create_app(settings: Settings) -> Starlette:
     sessions = build_sessionmaker(engine)
     metrics = InboxMetrics()
     schema = build_schema(settings.query_limits)
+    operations = Operations(schema, metrics, settings.graphql_executor)
     hub = FanOutHub(
         schema=schema,
         sessions=sessions,
         broadcast_url=settings.broadcast_url,
         default_region=settings.default_region,
         metrics=metrics,
+        operations=operations,
     )
     persisted_documents = PersistedDocuments(
         settings.trusted_documents,
@@ -89,6 +92,7 @@ def create_app(settings: Settings) -> Starlette:
         max_body_bytes=settings.max_body_bytes,
         max_batch_operations=settings.max_batch_operations,
         persisted_documents=persisted_documents,
+        operations=operations,
     )
     websockets = InboxWebSocketView(
         schema,

@@ -142,6 +142,8 @@ class _Run:
             values, field_paths = self.resolve(field, sources, paths, alive, typename)
             if field.how > ATTRIBUTE:
                 for position, value in enumerate(values):
+                    if type(value) is _COROUTINE:
+                        value = values[position] = _step(value)
                     if inspect.isawaitable(value):
                         pending.append(value)
                         slots.append((values, position))
@@ -276,16 +278,32 @@ class _Run:
         key = field.key
         passthrough = plan.passthrough
         names = plan.enum_names
+        coerce = plan.graphql_type.coerce_output_value  # type: ignore[union-attr]
+        nullable = not plan.non_null
         for index, value in zip(alive, values, strict=True):
             if type(value) is passthrough:
                 results[index][key] = value
                 continue
-            if names is not None:
+            if value is None:
+                if nullable:
+                    results[index][key] = None
+                    continue
+            elif names is not None:
                 try:
                     results[index][key] = names[value]
                     continue
                 except (KeyError, TypeError):
                     pass
+            elif not isinstance(value, Exception):
+                # The common case in one call: the scalar's own coercion (DateTime's isoformat,
+                # Int's range check). Anything it refuses takes the path below, which reports it.
+                try:
+                    completed = coerce(value)
+                except Exception:
+                    completed = None
+                if completed is not None and completed is not Undefined:
+                    results[index][key] = completed
+                    continue
             if index in failed:
                 continue  # an earlier field nulled the object: graphql-core stops there
             completed = self.leaf(plan, value, field, paths[index], typename)
@@ -409,6 +427,59 @@ class _Run:
                     self.record(item.error, item_paths[start + offset])
                     regrouped[offset] = None
             completed[position] = failure if failure is not None else regrouped
+
+
+async def _coroutine_type() -> None:
+    pass
+
+
+_placeholder = _coroutine_type()
+_COROUTINE = type(_placeholder)
+_placeholder.close()
+
+
+def _step(coroutine: Any) -> Any:
+    """Run a resolver's coroutine until it first waits, as Python 3.12's eager tasks do.
+
+    Most finish without waiting (a DataLoader whose value is cached or primed, a resolver
+    that awaits nothing): their value, or the exception they raised, comes back at once and
+    no task is made. One that waits goes on in a task, resumed where it stopped.
+    """
+    try:
+        waiting_on = _taken(coroutine.send(None))
+    except StopIteration as stop:
+        return stop.value
+    except Exception as raised:
+        return raised
+    return asyncio.ensure_future(_finish(coroutine, waiting_on))
+
+
+def _taken(waiting_on: Any) -> Any:
+    """Take a yielded future as asyncio's Task does: clear its `_asyncio_future_blocking`, or
+    the next coroutine awaiting the same future (one DataLoader key asked for twice) is told
+    "await wasn't used with future"."""
+    if waiting_on is not None:
+        waiting_on._asyncio_future_blocking = False
+    return waiting_on
+
+
+async def _finish(coroutine: Any, waiting_on: Any) -> Any:
+    """Drive a started coroutine to its end, as an asyncio Task would from here on."""
+    while True:
+        try:
+            if waiting_on is None:
+                await asyncio.sleep(0)  # a bare yield: the coroutine gives the loop one turn
+            else:
+                # asyncio's protocol: the coroutine yielded the future it waits for. Wait for
+                # it without taking its outcome; the coroutine reads that itself on resuming.
+                await asyncio.wait((waiting_on,))
+        except BaseException:
+            coroutine.close()
+            raise
+        try:
+            waiting_on = _taken(coroutine.send(None))
+        except StopIteration as stop:
+            return stop.value
 
 
 def _attribute_or_error(source: Any, attribute: str) -> Any:

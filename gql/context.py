@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.unit_of_work import Sessions, enter_business
+from db.unit_of_work import ReadOnlyUnit, Sessions, open_read_only
 from domain.access import Role
 from domain.events import InboxEvent
 from domain.metrics import InboxMetrics
@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 
 class RequestReads:
-    """The request's read unit of work: one session, opened on first use, closed at the end.
+    """The request's read unit of work: one read-only transaction (db/unit_of_work.py
+    open_read_only), opened on first use, rolled back at the end.
 
     Resolvers run concurrently while a session serves one statement at a time, so reads
     queue on a lock. Writes never go through here: each mutation has its own unit of work.
@@ -27,7 +28,7 @@ class RequestReads:
     def __init__(self, sessions: Sessions, business_id: int) -> None:
         self._sessions = sessions
         self._business_id = business_id
-        self._session: AsyncSession | None = None
+        self._unit: ReadOnlyUnit | None = None
         self._lock = asyncio.Lock()
         self._finished = False
 
@@ -38,15 +39,9 @@ class RequestReads:
                 # returned early): its result is discarded, and it must not open a session
                 # that nobody would close.
                 raise RequestFinished
-            if self._session is None:
-                session = self._sessions()
-                try:
-                    await enter_business(session, self._business_id)
-                except BaseException:
-                    await session.close()
-                    raise
-                self._session = session
-            return await read(self._session)
+            if self._unit is None:
+                self._unit = await open_read_only(self._sessions, self._business_id)
+            return await read(self._unit.session)
 
     async def close(self, *, final: bool = False) -> None:
         """Give the connection back; `final` at the end of the request (no reads after it).
@@ -56,9 +51,9 @@ class RequestReads:
         """
         async with self._lock:
             self._finished = self._finished or final
-            if self._session is not None:
-                session, self._session = self._session, None
-                await session.close()
+            if self._unit is not None:
+                unit, self._unit = self._unit, None
+                await unit.close()
 
 
 class RequestFinished(Exception):

@@ -40,7 +40,9 @@ from gql.arguments import parse_row_id
 from gql.auth import Principal
 from gql.context import Context, ContextFactory
 from gql.errors import shape_error
-from gql.http import checked_document
+from gql.execution_plan import OperationPlan
+from gql.http import checked_document, response_json
+from gql.operations import Operations
 from gql.pubsub import backend_for
 
 log = logging.getLogger("wa_inbox.live")
@@ -254,6 +256,8 @@ class Audience:
     field_name: str
     thread_filter: int | None
     executor: Executor[Any]
+    # The compiled plan of the audience's operation (None: graphql-core runs each event).
+    plan: OperationPlan | None
     context: Context
     members: dict[int, Member] = field(default_factory=dict)
     merges_followed: bool = False  # thread_filter looked up through merges already
@@ -277,8 +281,10 @@ class FanOutHub:
         default_region: str,
         metrics: InboxMetrics,
         limits: FanOutLimits | None = None,
+        operations: Operations | None = None,
     ) -> None:
         self.schema = schema
+        self.operations = operations or Operations(schema, metrics)
         self.sessions = sessions
         self.metrics = metrics
         self.contexts = ContextFactory(sessions, default_region, metrics, self.publish)
@@ -449,6 +455,7 @@ class FanOutHub:
             field_name=field_name,
             thread_filter=parse_row_id(thread_id, "threadId") if thread_id is not None else None,
             executor=executor,
+            plan=self.operations.plan_for(query, document, operation, executor.variable_values),
             context=context,
         )
         self._audiences.setdefault(principal.business_id, {})[key] = audience
@@ -652,15 +659,22 @@ class FanOutHub:
         else:
             value = UnreadCountEvent.from_counts(root)
         try:
-            result = execute_subscription_event(audience.executor.build_per_event_executor(value))
-            if isinstance(result, Awaitable):
-                result = await result
+            if audience.plan is not None:
+                result = await self.operations.run_plan(
+                    audience.plan, audience.executor.variable_values, context, root_value=value
+                )
+            else:
+                self.metrics.graphql_reference_executions += 1
+                outcome = execute_subscription_event(
+                    audience.executor.build_per_event_executor(value)
+                )
+                result = await outcome if isinstance(outcome, Awaitable) else outcome
         finally:
             await context.reads.close()
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [shape_error(e, context.request_id).formatted for e in result.errors]
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        return response_json(body).decode()
 
     # --- keep-alive ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+import orjson
 import strawberry
 from graphql import (
     DocumentNode,
@@ -27,18 +28,19 @@ from graphql import (
     specified_rules,
     validate,
 )
+from graphql.execution import ExecutionResult as GraphQLExecutionResult
 from graphql.execution.values import get_variable_values
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
-from strawberry.types import ExecutionResult
 
 from domain.errors import Unauthenticated
 from gql.auth import Principal, authenticate, refused_request_challenge
 from gql.context import ContextFactory
 from gql.errors import request_error_code
 from gql.limits import QUERY_TOO_COMPLEX, QueryLimits
+from gql.operations import Operations
 from gql.persisted_documents import DocumentRefused, PersistedDocuments, names_persisted_document
 from gql.request_bodies import BodyTooLarge, ClientGone, read_bounded_body, request_id_of
 
@@ -173,8 +175,10 @@ class GraphQLEndpoint:
         max_body_bytes: int,
         max_batch_operations: int = 1,
         persisted_documents: PersistedDocuments | None = None,
+        operations: Operations,
     ) -> None:
         self.schema = schema
+        self.operations = operations
         self.persisted_documents = persisted_documents or PersistedDocuments()
         self.contexts = contexts
         self.auth_secret = auth_secret
@@ -188,7 +192,7 @@ class GraphQLEndpoint:
 
     async def handle(self, request: Request) -> Response:
         request_id = request_id_of(request)
-        if request.method == "GET" and "query" not in request.query_params and _wants_html(request):
+        if request.method == "GET" and _names_no_document(request) and _wants_html(request):
             return HTMLResponse(self.ide_html)
         media_type = negotiate_media_type(request.headers.get("accept"))
         if media_type is None:
@@ -319,11 +323,8 @@ class GraphQLEndpoint:
 
         context = self.contexts(principal, request_id)
         try:
-            result = await self.schema.execute(
-                parameters.query,
-                variable_values=parameters.variables,
-                context_value=context,
-                operation_name=parameters.operation_name,
+            result = await self.operations.run(
+                parameters.query, document, operation, coerced, context
             )
         finally:
             await context.reads.close(final=True)
@@ -375,6 +376,11 @@ class GraphQLEndpoint:
             raise RequestRejected(
                 405, "mutations must be sent with POST", "METHOD_NOT_ALLOWED", {"Allow": "POST"}
             )
+
+
+def _names_no_document(request: Request) -> bool:
+    """A GET without a document, its persisted hash or its id: a person opening /graphql."""
+    return not any(name in request.query_params for name in ("query", "extensions", "documentId"))
 
 
 def _wants_html(request: Request) -> bool:
@@ -429,15 +435,24 @@ def _formatted(error: GraphQLError) -> dict[str, Any]:
     return formatted
 
 
-def _result_body(result: ExecutionResult) -> dict[str, Any]:
+def _result_body(result: GraphQLExecutionResult) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if result.errors:
-        # Already shaped by the ErrorShaping extension, which websockets share.
+        # Already shaped (gql/operations.py), as websockets' are by the ErrorShaping extension.
         body["errors"] = [dict(error.formatted) for error in result.errors]
     body["data"] = result.data
     if result.extensions:
         body["extensions"] = result.extensions
     return body
+
+
+def response_json(body: Any) -> bytes:
+    """`body` as JSON bytes: orjson, or the standard library for what orjson refuses (integers
+    beyond 64 bits, which a webhook's raw payload may hold)."""
+    try:
+        return orjson.dumps(body, default=str)
+    except orjson.JSONEncodeError:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
 def _respond(
@@ -448,7 +463,7 @@ def _respond(
     headers: Mapping[str, str] | None = None,
 ) -> Response:
     return Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode(),
+        response_json(body),
         status_code=status,
         media_type=f"{media_type}; charset=utf-8",
         headers={"X-Request-Id": request_id, "Cache-Control": "no-store", **(headers or {})},

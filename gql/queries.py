@@ -7,6 +7,7 @@ from strawberry.types import Info
 from domain import access, channels, read_state, threads
 from gql.arguments import given, parse_optional_row_id, parse_row_id
 from gql.context import Context
+from gql.lookahead import selects
 from gql.types import MessageType, ThreadConnection, ThreadType, WhatsAppChannelType
 
 
@@ -21,8 +22,20 @@ class Query:
         unread_only: bool | None = False,
     ) -> ThreadConnection:
         context = info.context
-        page = await context.reads.run(
-            lambda session: threads.list_threads(
+        if not selects(info, "edges", "node", "lastMessage"):
+            page = await context.reads.run(
+                lambda session: threads.list_threads(
+                    session,
+                    context.business_id,
+                    first=given(first),
+                    after=given(after),
+                    unread_only=bool(unread_only),
+                )
+            )
+            return ThreadConnection.from_page(page)
+        # The inbox list: each thread's last message comes in the same statement.
+        page, last_messages = await context.reads.run(
+            lambda session: threads.list_threads_with_last_messages(
                 session,
                 context.business_id,
                 first=given(first),
@@ -30,6 +43,7 @@ class Query:
                 unread_only=bool(unread_only),
             )
         )
+        context.loaders.last_message.prime_many(last_messages)
         return ThreadConnection.from_page(page)
 
     @strawberry.field(description="One thread by id, lead id or phone (any format); null if none.")

@@ -4,6 +4,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import phonenumbers
 
@@ -47,6 +48,9 @@ class Settings:
     cors_allowed_origins: tuple[str, ...] = ()
     # The allow-list (TRUSTED_DOCUMENTS), read once here so a bad manifest stops the start.
     trusted_documents: TrustedDocuments | None = None
+    # GRAPHQL_EXECUTOR: "compiled" plans (gql/execution_plan.py), or "reference" to run every
+    # operation on graphql-core, the escape hatch should a plan ever answer differently.
+    graphql_executor: Literal["compiled", "reference"] = "compiled"
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -102,6 +106,7 @@ class Settings:
             ),
             cors_allowed_origins=_origins(env.get("CORS_ALLOWED_ORIGINS", "")),
             trusted_documents=_trusted_documents(env.get("TRUSTED_DOCUMENTS", "").strip()),
+            graphql_executor=_graphql_executor(env.get("GRAPHQL_EXECUTOR", "").strip().lower()),
         )
 
     @property
@@ -135,6 +140,14 @@ def _trusted_documents(raw: str) -> TrustedDocuments | None:
         return TrustedDocuments.load(Path(raw))
     except ManifestError as error:
         raise SettingsError(f"TRUSTED_DOCUMENTS={raw}: {error}") from None
+
+
+def _graphql_executor(raw: str) -> Literal["compiled", "reference"]:
+    if raw in ("", "compiled"):
+        return "compiled"
+    if raw == "reference":
+        return "reference"
+    raise SettingsError(f"GRAPHQL_EXECUTOR={raw!r} is compiled or reference")
 
 
 def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -20,7 +20,14 @@ from datetime import timedelta
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError, OperationType, get_operation_ast
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+    get_operation_ast,
+)
+from graphql.execution.values import VariableValues, get_variable_values
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -128,18 +135,42 @@ class InboxWebSocketView(GraphQL[SocketContext, None]):
         assert context.principal is not None
         request_context = self.hub.contexts(context.principal, uuid.uuid4().hex)
         try:
-            result = await self.schema.execute(
-                query,
-                variable_values=variables,
-                context_value=request_context,
-                operation_name=operation_name,
-            )
+            runnable = _runnable(self.schema, query, variables, operation_name)
+            result: Any
+            if runnable is None:
+                # Strawberry reports what does not validate or coerce, shaped as before.
+                result = await self.schema.execute(
+                    query,
+                    variable_values=variables,
+                    context_value=request_context,
+                    operation_name=operation_name,
+                )
+            else:
+                result = await self.hub.operations.run(query, *runnable, request_context)
         finally:
             await request_context.reads.close(final=True)
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
             body["errors"] = [error.formatted for error in result.errors]
         return body
+
+
+def _runnable(
+    schema: Any, query: str, variables: Any, operation_name: str | None
+) -> tuple[DocumentNode, OperationDefinitionNode, VariableValues] | None:
+    """The validated document, its operation and coerced variables; None if any fails."""
+    document, errors = checked_document(schema, query)
+    if errors or document is None:
+        return None
+    operation = get_operation_ast(document, operation_name)
+    if operation is None or (variables is not None and not isinstance(variables, dict)):
+        return None
+    coerced = get_variable_values(
+        schema._schema, operation.variable_definitions or (), variables or {}
+    )
+    if isinstance(coerced, list):
+        return None
+    return document, operation, coerced
 
 
 def _is_subscription(schema: strawberry.Schema, query: str, operation_name: str | None) -> bool:
