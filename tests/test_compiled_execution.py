@@ -677,39 +677,27 @@ query ThreadPage($id: ID!, $before: String) {
   }
 }
 """
-# Errors inside mutation results and between serial root fields.
-MUTATIONS = [
-    (
-        """
-        mutation Read($threadId: ID, $phone: String) {
-          markRead(threadId: $threadId, phone: $phone) {
-            totalUnread
-            thread { __typename id unreadCount lastReadAt lastMessage { id body } }
-          }
-        }
-        """,
-        "markRead",
-    ),
-    (
-        """
-        mutation Close($threadId: ID!, $status: ThreadStatus!) {
-          closed: setThreadStatus(threadId: $threadId, status: $status) { id status ...Badge }
-        }
-        fragment Badge on Thread { unreadCount messages(first: 2) { edges { node { id } } } }
-        """,
-        "setThreadStatus",
-    ),
-    (
-        """
-        mutation Link($threadId: ID, $phone: String, $leadId: ID!) {
-          linkLead(threadId: $threadId, phone: $phone, leadId: $leadId) {
-            id canonicalKey phone leadId phones unreadCount
-          }
-        }
-        """,
-        "linkLead",
-    ),
-]
+MARK_READ = """
+mutation Read($threadId: ID, $phone: String) {
+  markRead(threadId: $threadId, phone: $phone) {
+    totalUnread
+    thread { __typename id unreadCount lastReadAt lastMessage { id body } }
+  }
+}
+"""
+SET_THREAD_STATUS = """
+mutation Close($threadId: ID!, $status: ThreadStatus!) {
+  closed: setThreadStatus(threadId: $threadId, status: $status) { id status ...Badge }
+}
+fragment Badge on Thread { unreadCount messages(first: 2) { edges { node { id } } } }
+"""
+LINK_LEAD = """
+mutation Link($threadId: ID, $phone: String, $leadId: ID!) {
+  linkLead(threadId: $threadId, phone: $phone, leadId: $leadId) {
+    id canonicalKey phone leadId phones unreadCount
+  }
+}
+"""
 
 
 async def run_twice_and_compare(
@@ -756,7 +744,7 @@ async def test_readme_examples_and_inbox_pages_get_the_same_answer_from_both_exe
 async def test_mutation_results_get_the_same_answer_from_both_executors(
     seeded: SeededInbox, executors: TwoExecutors, http: httpx.AsyncClient
 ) -> None:
-    (read, close, link) = (document for document, _ in MUTATIONS)
+    read, close, link = MARK_READ, SET_THREAD_STATUS, LINK_LEAD
     named = await executors.same_answer(
         "query($lead: ID) { thread(leadId: $lead) { id } }", {"lead": LEAD_ID}
     )
