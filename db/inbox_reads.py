@@ -20,6 +20,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.tables import conversations, messages
+from db.unit_of_work import READ_CONNECTION
 
 
 def _columns(table: Table, alias: str) -> str:
@@ -53,6 +54,9 @@ class _Reader:
 
 async def _driver(session: AsyncSession) -> _Reader:
     """The session's connection, checked to be inside the unit of work's transaction."""
+    known = session.info.get(READ_CONNECTION)
+    if known is not None:
+        return _Reader(*known)
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
@@ -93,26 +97,20 @@ async def page_conversations(
     return await driver.fetch(sql, business_id, limit, *after)
 
 
-# The thread page with each thread's latest message beside it (columns prefixed `last_`):
-# the inbox list in one statement, as a front end asks for it.
-_LAST_PREFIX = "last_"
-_LAST_MESSAGE_COLUMNS = ", ".join(
-    f"last.{column.name} AS {_LAST_PREFIX}{column.name}" for column in messages.c
-)
-
-
+# The thread page with each thread's latest message beside it, as one composite value (asyncpg
+# decodes a table's row type into a Record of its columns): the inbox list in one statement,
+# as a front end asks for it.
 @cache
 def _conversation_page_with_last_sql(after: bool, unread_only: bool) -> str:
     page = _conversation_page_sql(after, unread_only)
     select, _, rest = page.partition(" FROM whatsapp_conversation c ")
-    where, _, order = rest.partition(" ORDER BY ")
     return (
-        f"{select}, {_LAST_MESSAGE_COLUMNS} FROM whatsapp_conversation c "
+        f"{select}, last.message AS last_message FROM whatsapp_conversation c "
         "LEFT JOIN LATERAL ("
-        "SELECT * FROM whatsapp_message latest "
+        "SELECT latest AS message FROM whatsapp_message latest "
         "WHERE latest.conversation_id = c.id AND latest.business_id = $1 "
         "ORDER BY latest.sent_at DESC, latest.id DESC LIMIT 1"
-        f") last ON true {where} ORDER BY {order}"
+        f") last ON true {rest}"
     )
 
 
@@ -123,7 +121,7 @@ async def page_conversations_with_last_messages(
     limit: int,
     after: tuple[datetime, int] | None,
     unread_only: bool,
-) -> list[tuple[Any, dict[str, Any] | None]]:
+) -> list[tuple[Any, Any]]:
     """`page_conversations`, each conversation with its latest message (None: it has none)."""
     driver = await _driver(session)
     sql = _conversation_page_with_last_sql(after is not None, unread_only)
@@ -132,14 +130,7 @@ async def page_conversations_with_last_messages(
         if after is None
         else driver.fetch(sql, business_id, limit, *after)
     )
-    names = [column.name for column in messages.c]
-    page: list[tuple[Any, dict[str, Any] | None]] = []
-    for row in rows:
-        last = None
-        if row[f"{_LAST_PREFIX}id"] is not None:
-            last = {name: row[f"{_LAST_PREFIX}{name}"] for name in names}
-        page.append((row, last))
-    return page
+    return [(row, row["last_message"]) for row in rows]
 
 
 _LATEST_MESSAGES = f"""

@@ -100,10 +100,15 @@ class ReadOnlyUnit:
 
     async def close(self) -> None:
         """Roll back and give the connection back; a connection that cannot roll back is
-        discarded, never pooled with a transaction open."""
+        discarded, never pooled with a transaction open, and the request it served goes on."""
         try:
             await self.session.close()
             await self._driver.execute("ROLLBACK")
+        except Exception as broken:
+            # Nothing was written, so nothing is lost: the reads are done, only the connection
+            # goes (a read cancelled mid-statement leaves asyncpg unable to roll back).
+            log.info("[WA-SESSION] read connection discarded at close: %r", broken)
+            await self._connection.invalidate()
         except BaseException:
             await self._connection.invalidate()
             raise
@@ -121,6 +126,9 @@ _DISCONNECTS = (
     asyncpg.InternalClientError,
 )
 _READ_ATTEMPTS = 3
+# Where a read-only unit's session keeps its connection and the asyncpg connection under it,
+# so db/inbox_reads.py finds them without asking SQLAlchemy again for every statement.
+READ_CONNECTION = "wa_inbox.read_connection"
 
 
 async def open_read_only(sessions: Sessions, business_id: int) -> ReadOnlyUnit:
@@ -151,5 +159,7 @@ async def open_read_only(sessions: Sessions, business_id: int) -> ReadOnlyUnit:
             await connection.invalidate()
             await connection.close()
             raise
-        return ReadOnlyUnit(sessions(bind=connection), connection, driver)
+        session = sessions(bind=connection)
+        session.info[READ_CONNECTION] = (connection.sync_connection, driver)
+        return ReadOnlyUnit(session, connection, driver)
     raise AssertionError("unreachable")  # pragma: no cover

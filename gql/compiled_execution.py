@@ -10,11 +10,15 @@ reference (tests/test_compiled_execution.py runs both on generated documents):
 - a resolver's error gives null for its field and an error with `path` and `locations`; on a
   non-null field the null propagates to the nearest nullable parent (list items included);
 - an error is reported once, at the position it nulled, and not at all when an ancestor
-  position was nulled before it (graphql-core's `CollectedErrors`).
+  position was nulled before it (graphql-core's `CollectedErrors`). "Before" is graphql-core's
+  order of events: every value carries the tick it arrived at (a synchronous value its parent's,
+  an awaited one the order it completed in), and within a tick, depth-first document order,
+  which is how graphql-core meets them. Errors are reported in that order.
 """
 
 import asyncio
 import inspect
+import itertools
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
@@ -44,10 +48,14 @@ _complete_leaf_value = Executor.complete_leaf_value
 class _Failure:
     """A value that could not be completed: its error propagates to the nearest nullable."""
 
-    __slots__ = ("error",)
+    __slots__ = ("error", "tick")
 
-    def __init__(self, error: GraphQLError) -> None:
+    def __init__(self, error: GraphQLError, tick: int) -> None:
         self.error = error
+        self.tick = tick
+
+    def before(self, other: "_Failure | None") -> bool:
+        return other is None or self.tick < other.tick
 
 
 async def execute_plan(
@@ -79,8 +87,10 @@ class _Run:
         self.variables = variables
         self.root_value = root_value
         self.info_class = info_class
-        self.errors: list[GraphQLError] = []
-        self.nulled: set[Path | None] = set()
+        # (tick, error, the position it nulled): sorted into graphql-core's order at the end.
+        self.recorded: list[tuple[int, GraphQLError, Path | None]] = []
+        self.clock = itertools.count(1)
+        self.arrivals: dict[asyncio.Future[Any], int] = {}
         self.tracked: list[Awaitable[Any]] = []
         self.helpers = GraphQLResolveInfoHelpers(self._gather, self.tracked.extend)
 
@@ -90,36 +100,73 @@ class _Run:
         if self.plan.serial:
             data = {}
             for field in root.fields:
-                single = SelectionPlan(type=root.type, fields=[field], positions={field.key: 0})
-                (part,) = await self.objects(single, [self.root_value], [None])
+                single = SelectionPlan(
+                    type=root.type, fields=[field], positions={field.key: 0}, keys=(field.key,)
+                )
+                tick = next(self.clock)  # each root field starts after the one before ended
+                (part,) = await self.objects(single, [self.root_value], [None], [tick])
                 if isinstance(part, _Failure):
-                    self.record(part.error, None)
+                    self.record(part.error, None, part.tick)
                     data = None
                     break
                 data.update(part)
         else:
-            (whole,) = await self.objects(root, [self.root_value], [None])
+            (whole,) = await self.objects(root, [self.root_value], [None], [0])
             if isinstance(whole, _Failure):
-                self.record(whole.error, None)
+                self.record(whole.error, None, whole.tick)
                 data = None
             else:
                 data = whole
         if self.tracked:
             await asyncio.gather(*self.tracked, return_exceptions=True)
-        return ExecutionResult(data, self.errors or None)
+        return ExecutionResult(data, self.reported() or None)
 
-    def record(self, error: GraphQLError, position: Path | None) -> None:
-        """Report `error`, which nulled `position`, unless an ancestor was nulled already."""
-        nulled = self.nulled
-        if None in nulled:
-            return
-        path = position
-        while path is not None:
-            if path in nulled:
-                return
-            path = path.prev
-        nulled.add(position)
-        self.errors.append(error)
+    def record(self, error: GraphQLError, position: Path | None, tick: int) -> None:
+        """`error` nulled `position`; whether it is reported is decided at the end."""
+        self.recorded.append((tick, error, position))
+
+    def reported(self) -> list[GraphQLError]:
+        """The errors graphql-core reports: in the order it meets them, each unless a position
+        above its own was nulled by an earlier one."""
+        ordered = sorted(
+            self.recorded, key=lambda entry: (entry[0], self.document_order(entry[1].path))
+        )
+        nulled: set[Path | None] = set()
+        errors: list[GraphQLError] = []
+        for _, error, position in ordered:
+            if None in nulled:
+                break
+            path = position
+            while path is not None and path not in nulled:
+                path = path.prev
+            if path is not None:
+                continue
+            nulled.add(position)
+            errors.append(error)
+        return errors
+
+    def document_order(self, path: list[str | int] | None) -> tuple[int, ...]:
+        """Where `path` comes in a depth-first walk of the plan: fields in selection order,
+        list items by index."""
+        order: list[int] = []
+        selection: SelectionPlan | None = self.plan.root
+        value: ValuePlan | None = None
+        for key in path or ():
+            if isinstance(key, int):
+                order.append(key)
+                value = value.item if value is not None else None
+                selection = value.selection if value is not None else None
+                continue
+            if selection is None or key not in selection.positions:
+                break
+            position = selection.positions[key]
+            order.append(position)
+            value = selection.fields[position].value
+            selection = value.selection
+        return tuple(order)
+
+    def arrived(self, future: "asyncio.Future[Any]") -> None:
+        self.arrivals[future] = next(self.clock)
 
     async def _gather(self, values: Sequence[Awaitable[Any]]) -> list[Any]:
         return list(await asyncio.gather(*values))
@@ -127,44 +174,77 @@ class _Run:
     # --- selection sets ------------------------------------------------------------------
 
     async def objects(
-        self, selection: SelectionPlan, sources: list[Any], paths: list[Path | None]
+        self,
+        selection: SelectionPlan,
+        sources: list[Any],
+        paths: list[Path | None],
+        ticks: list[int],
     ) -> list[Any]:
         """Each source completed as `selection`: a dict, or a _Failure to propagate."""
-        results: list[Any] = [{} for _ in sources]
+        # Every key in place first: the response lists fields in the document's order, while
+        # scalars are written before the objects and lists whose completion is awaited.
+        results: list[Any] = [dict.fromkeys(selection.keys) for _ in sources]
         alive = list(range(len(sources)))
         typename = selection.type.name
         # Resolve every field first (graphql-core starts all resolvers of a selection set
         # before awaiting any), then await them together.
-        resolved: list[tuple[FieldPlan, list[Any], list[Path] | None]] = []
-        pending: list[Awaitable[Any]] = []
-        slots: list[tuple[list[Any], int]] = []
+        resolved: list[tuple[FieldPlan, list[Any], list[Path] | None, list[int]]] = []
+        pending: list[asyncio.Future[Any]] = []
+        slots: list[tuple[list[Any], list[int], int]] = []
+        # A resolver called now runs after everything awaited so far, as in graphql-core,
+        # where a nested resolver queues for the request's reads behind the ones started
+        # before it; a value read off its object arrives with the object.
+        now = next(self.clock)
         for field in selection.fields:
             values, field_paths = self.resolve(field, sources, paths, alive, typename)
+            arrivals = ticks
             if field.how > ATTRIBUTE:
+                arrivals = [now] * len(values)
                 for position, value in enumerate(values):
                     if type(value) is _COROUTINE:
                         value = values[position] = _step(value)
                     if inspect.isawaitable(value):
-                        pending.append(value)
-                        slots.append((values, position))
-            resolved.append((field, values, field_paths))
+                        future: asyncio.Future[Any] = asyncio.ensure_future(value)
+                        future.add_done_callback(self.arrived)
+                        pending.append(future)
+                        slots.append((values, arrivals, position))
+            resolved.append((field, values, field_paths, arrivals))
         if pending:
             settled = await asyncio.gather(*pending, return_exceptions=True)
-            for (values, position), value in zip(slots, settled, strict=True):
+            # The done callbacks have run: gather's own is the last of each future's.
+            for future, (values, arrivals, position), value in zip(
+                pending, slots, settled, strict=True
+            ):
                 if isinstance(value, BaseException) and not isinstance(value, Exception):
                     raise value
                 values[position] = value
+                arrivals[position] = self.arrivals.pop(future)
 
-        failed: dict[int, GraphQLError] = {}
+        # Per object, the failure graphql-core would meet first: (tick, field position, it).
+        failed: dict[int, tuple[int, int, _Failure]] = {}
         completions: list[tuple[FieldPlan, list[Path], Awaitable[list[Any]]]] = []
-        for field, values, field_paths in resolved:
+        for field, values, field_paths, arrivals in resolved:
             if field.value.kind == LEAF:
-                self.leaves(field, values, alive, paths, results, failed, typename)
+                self.leaves(
+                    field,
+                    values,
+                    arrivals,
+                    alive,
+                    paths,
+                    results,
+                    failed,
+                    typename,
+                    selection.positions[field.key],
+                )
                 continue
             if field_paths is None:
                 field_paths = [Path(paths[index], field.key, typename) for index in alive]
             completions.append(
-                (field, field_paths, self.complete(field.value, values, field_paths, field))
+                (
+                    field,
+                    field_paths,
+                    self.complete(field.value, values, field_paths, arrivals, field),
+                )
             )
         if completions:
             settled_values = await asyncio.gather(*(completion for *_, completion in completions))
@@ -172,18 +252,16 @@ class _Run:
                 key = field.key
                 non_null = field.value.non_null
                 for index, path, value in zip(alive, field_paths, completed, strict=True):
-                    if index in failed:
-                        continue  # an earlier field nulled the object: graphql-core stops there
                     if type(value) is _Failure:
                         if non_null:
-                            failed.setdefault(index, value.error)
+                            _keep_first(failed, index, value, selection.positions[key])
                         else:
-                            self.record(value.error, path)
+                            self.record(value.error, path, value.tick)
                             results[index][key] = None
                     else:
                         results[index][key] = value
-        for index, error in failed.items():
-            results[index] = _Failure(error)
+        for index, (_, _, failure) in failed.items():
+            results[index] = failure
         return results
 
     def resolve(
@@ -205,10 +283,23 @@ class _Run:
             except Exception:  # each source again, keeping each one's error
                 return [_attribute_or_error(sources[index], attribute) for index in alive], None
         key = field.key
-        field_paths = [Path(paths[index], key, typename) for index in alive]
         values: list[Any] = []
         append = values.append
         resolve = field.resolve
+        assert resolve is not None or how != DIRECT
+        if how == DIRECT and field.info_parameter is None:
+            # A plain method of the object (`unreadCount`): no info, so no path to build.
+            self_parameter = field.self_parameter
+            for index in alive:
+                try:
+                    if self_parameter is None:
+                        append(resolve())  # type: ignore[misc]
+                    else:
+                        append(resolve(**{self_parameter: sources[index]}))  # type: ignore[misc]
+                except Exception as raised:  # becomes the field's error
+                    append(raised)
+            return values, None
+        field_paths = [Path(paths[index], key, typename) for index in alive]
         if how == DIRECT:
             self_parameter = field.self_parameter
             info_parameter = field.info_parameter
@@ -216,10 +307,9 @@ class _Run:
                 kwargs: dict[str, Any] = {}
                 if self_parameter is not None:
                     kwargs[self_parameter] = sources[index]
-                if info_parameter is not None:
-                    kwargs[info_parameter] = self.info_class(
-                        _raw_info=self.resolve_info(field, path), _field=field.strawberry_field
-                    )
+                kwargs[info_parameter] = self.info_class(  # type: ignore[index]
+                    _raw_info=self.resolve_info(field, path), _field=field.strawberry_field
+                )
                 try:
                     append(resolve(**kwargs))  # type: ignore[misc]
                 except Exception as raised:  # becomes the field's error
@@ -267,11 +357,13 @@ class _Run:
         self,
         field: FieldPlan,
         values: list[Any],
+        ticks: list[int],
         alive: list[int],
         paths: list[Path | None],
         results: list[Any],
-        failed: dict[int, GraphQLError],
+        failed: dict[int, tuple[int, int, _Failure]],
         typename: str,
+        position: int,
     ) -> None:
         """Scalars and enums of one field, written into each source's result."""
         plan = field.value
@@ -280,7 +372,7 @@ class _Run:
         names = plan.enum_names
         coerce = plan.graphql_type.coerce_output_value  # type: ignore[union-attr]
         nullable = not plan.non_null
-        for index, value in zip(alive, values, strict=True):
+        for offset, (index, value) in enumerate(zip(alive, values, strict=True)):
             if type(value) is passthrough:
                 results[index][key] = value
                 continue
@@ -304,24 +396,28 @@ class _Run:
                 if completed is not None and completed is not Undefined:
                     results[index][key] = completed
                     continue
-            if index in failed:
-                continue  # an earlier field nulled the object: graphql-core stops there
-            completed = self.leaf(plan, value, field, paths[index], typename)
+            completed = self.leaf(plan, value, field, paths[index], typename, ticks[offset])
             if type(completed) is _Failure:
                 if plan.non_null:
-                    failed.setdefault(index, completed.error)
+                    _keep_first(failed, index, completed, position)
                 else:
-                    self.record(completed.error, Path(paths[index], key, typename))
+                    self.record(completed.error, Path(paths[index], key, typename), completed.tick)
                     results[index][key] = None
             else:
                 results[index][key] = completed
 
     def leaf(
-        self, plan: ValuePlan, value: Any, field: FieldPlan, parent: Path | None, typename: str
+        self,
+        plan: ValuePlan,
+        value: Any,
+        field: FieldPlan,
+        parent: Path | None,
+        typename: str,
+        tick: int,
     ) -> Any:
         if value is None or value is Undefined:
             if plan.non_null:
-                return self.null_failure(field, Path(parent, field.key, typename))
+                return self.null_failure(field, Path(parent, field.key, typename), tick)
             return None
         try:
             if isinstance(value, Exception):
@@ -329,19 +425,25 @@ class _Run:
             return _complete_leaf_value(plan.graphql_type, value)  # type: ignore[arg-type]
         except Exception as raised:  # becomes the field's error
             return _Failure(
-                located_error(raised, field.nodes, Path(parent, field.key, typename).as_list())
+                located_error(raised, field.nodes, Path(parent, field.key, typename).as_list()),
+                tick,
             )
 
-    def null_failure(self, field: FieldPlan, path: Path) -> _Failure:
+    def null_failure(self, field: FieldPlan, path: Path, tick: int) -> _Failure:
         message = (
             f"Cannot return null for non-nullable field {field.parent_type.name}.{field.name}."
         )
-        return _Failure(located_error(TypeError(message), field.nodes, path.as_list()))
+        return _Failure(located_error(TypeError(message), field.nodes, path.as_list()), tick)
 
     # --- values ----------------------------------------------------------------------------
 
     async def complete(
-        self, plan: ValuePlan, values: list[Any], paths: list[Path], field: FieldPlan
+        self,
+        plan: ValuePlan,
+        values: list[Any],
+        paths: list[Path],
+        ticks: list[int],
+        field: FieldPlan,
     ) -> list[Any]:
         """Each value completed as `plan`: the result, or a _Failure to propagate."""
         completed: list[Any] = [None] * len(values)
@@ -349,10 +451,10 @@ class _Run:
         for position, value in enumerate(values):
             if value is None or value is Undefined:
                 if plan.non_null:
-                    completed[position] = self.null_failure(field, paths[position])
+                    completed[position] = self.null_failure(field, paths[position], ticks[position])
             elif isinstance(value, Exception):
                 completed[position] = _Failure(
-                    located_error(value, field.nodes, paths[position].as_list())
+                    located_error(value, field.nodes, paths[position].as_list()), ticks[position]
                 )
             else:
                 todo.append(position)
@@ -368,7 +470,8 @@ class _Run:
                     )
                 except Exception as raised:  # becomes the value's error
                     completed[position] = _Failure(
-                        located_error(raised, field.nodes, paths[position].as_list())
+                        located_error(raised, field.nodes, paths[position].as_list()),
+                        ticks[position],
                     )
         elif kind == OBJECT:
             assert plan.selection is not None
@@ -376,11 +479,12 @@ class _Run:
                 plan.selection,
                 [values[position] for position in todo],
                 [paths[position] for position in todo],
+                [ticks[position] for position in todo],
             )
             for position, value in zip(todo, objects, strict=True):
                 completed[position] = value
         elif kind == LIST:
-            await self.lists(plan, values, paths, field, todo, completed)
+            await self.lists(plan, values, paths, ticks, field, todo, completed)
         return completed
 
     async def lists(
@@ -388,6 +492,7 @@ class _Run:
         plan: ValuePlan,
         values: list[Any],
         paths: list[Path],
+        ticks: list[int],
         field: FieldPlan,
         todo: list[int],
         completed: list[Any],
@@ -397,6 +502,7 @@ class _Run:
         assert item_plan is not None
         items: list[Any] = []
         item_paths: list[Path] = []
+        item_ticks: list[int] = []
         spans: list[tuple[int, int, int]] = []
         for position in todo:
             value = values[position]
@@ -406,25 +512,29 @@ class _Run:
                     f" '{field.parent_type.name}.{field.name}'."
                 )
                 completed[position] = _Failure(
-                    located_error(GraphQLError(message), field.nodes, paths[position].as_list())
+                    located_error(GraphQLError(message), field.nodes, paths[position].as_list()),
+                    ticks[position],
                 )
                 continue
             start = len(items)
             path = paths[position]
+            tick = ticks[position]
             for index, item in enumerate(value):
                 items.append(item)
                 item_paths.append(Path(path, index, None))
+                item_ticks.append(tick)
             spans.append((position, start, len(items)))
-        done = await self.complete(item_plan, items, item_paths, field) if items else []
+        done = await self.complete(item_plan, items, item_paths, item_ticks, field) if items else []
         for position, start, end in spans:
             regrouped = done[start:end]
-            failure = None
+            failure: _Failure | None = None
             for offset, item in enumerate(regrouped):
                 if type(item) is _Failure:
                     if item_plan.non_null:
-                        failure = item
-                        break
-                    self.record(item.error, item_paths[start + offset])
+                        if item.before(failure):
+                            failure = item
+                        continue
+                    self.record(item.error, item_paths[start + offset], item.tick)
                     regrouped[offset] = None
             completed[position] = failure if failure is not None else regrouped
 
@@ -480,6 +590,15 @@ async def _finish(coroutine: Any, waiting_on: Any) -> Any:
             waiting_on = _taken(coroutine.send(None))
         except StopIteration as stop:
             return stop.value
+
+
+def _keep_first(
+    failed: dict[int, tuple[int, int, _Failure]], index: int, failure: _Failure, position: int
+) -> None:
+    """Keep, for the object at `index`, the failure met first: earlier tick, earlier field."""
+    known = failed.get(index)
+    if known is None or (failure.tick, position) < known[:2]:
+        failed[index] = (failure.tick, position, failure)
 
 
 def _attribute_or_error(source: Any, attribute: str) -> Any:

@@ -117,6 +117,7 @@ class SelectionPlan:
     # response key -> position among `fields`: the order graphql-core would execute them in,
     # which orders the errors (gql/compiled_execution.py).
     positions: dict[str, int]
+    keys: tuple[str, ...]  # the response keys, in order
 
 
 @dataclass(slots=True, eq=False)
@@ -271,6 +272,7 @@ class _Planner:
             type=object_type,
             fields=fields,
             positions={field.key: position for position, field in enumerate(fields)},
+            keys=tuple(field.key for field in fields),
         )
 
     def field(

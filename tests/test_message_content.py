@@ -866,3 +866,21 @@ async def test_unreadable_system_messages_are_rejected_parts(
     bad = {"id": f"wamid.{name}", "timestamp": "1786104000", "type": "system", **message}
     report = await deliver(http, delivery(messages=[bad]))
     assert (report["stored"], report["rejected"]) == (0, 1), report
+
+
+async def test_the_inbox_list_shows_each_last_message_as_the_thread_shows_it(
+    inbox: GraphQLClient, http: httpx.AsyncClient
+) -> None:
+    """The thread page reads last messages in its own statement (a row value per thread,
+    db/inbox_reads.py): JSON, times and every field come back as the message page has them."""
+    await deliver(http, sample("referral_ad"))
+    await deliver(http, sample("context_reply"))
+    fields = THREAD.split("node {", 1)[1].rsplit("}\n      }\n    }", 1)[0]
+    listed = await inbox.execute(
+        f"{{ threads(first: 10) {{ edges {{ node {{ phone lastMessage {{ {fields} }} }} }} }} }}"
+    )
+    assert len(listed["threads"]["edges"]) == 2
+    for edge in listed["threads"]["edges"]:
+        last = edge["node"]["lastMessage"]
+        assert last["providerPayload"] is not None
+        assert last == (await messages_of(inbox, edge["node"]["phone"]))[-1]
