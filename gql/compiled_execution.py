@@ -576,16 +576,21 @@ def _taken(waiting_on: Any) -> Any:
 async def _finish(coroutine: Any, waiting_on: Any) -> Any:
     """Drive a started coroutine to its end, as an asyncio Task would from here on."""
     while True:
-        try:
-            if waiting_on is None:
+        if waiting_on is None:
+            try:
                 await asyncio.sleep(0)  # a bare yield: the coroutine gives the loop one turn
-            else:
-                # asyncio's protocol: the coroutine yielded the future it waits for. Wait for
-                # it without taking its outcome; the coroutine reads that itself on resuming.
-                await asyncio.wait((waiting_on,))
-        except BaseException:
-            coroutine.close()
-            raise
+            except BaseException:
+                coroutine.close()
+                raise
+        else:
+            # asyncio's protocol: the coroutine yielded the future it waits for. Wait for it;
+            # its outcome is the coroutine's to read when it resumes, so it is not kept here.
+            try:
+                await waiting_on
+            except BaseException:
+                if not waiting_on.done():  # this task was cancelled, not what it waited for
+                    coroutine.close()
+                    raise
         try:
             waiting_on = _taken(coroutine.send(None))
         except StopIteration as stop:
