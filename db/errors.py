@@ -1,5 +1,6 @@
 """Database failures classified by what the caller can do about them."""
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 
 SERIALIZATION_FAILURE = "40001"
@@ -10,6 +11,12 @@ INSUFFICIENT_PRIVILEGE = "42501"  # also: a row-level security policy refused a 
 QUERY_CANCELED = "57014"  # statement_timeout, or a cancel request
 
 _RETRYABLE_SQLSTATES = {SERIALIZATION_FAILURE, DEADLOCK_DETECTED}
+_DRIVER_DISCONNECTS = (
+    ConnectionError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class MissingConflictTarget(Exception):
@@ -40,4 +47,10 @@ def is_retryable(error: BaseException, *, during_commit: bool = False) -> bool:
     """
     if sqlstate_of(error) in _RETRYABLE_SQLSTATES:
         return True
-    return not during_commit and isinstance(error, DBAPIError) and error.connection_invalidated
+    if during_commit:
+        return False
+    if isinstance(error, DBAPIError):
+        return error.connection_invalidated
+    # The hot reads run on asyncpg itself (db/inbox_reads.py): a connection lost under them
+    # is reported by asyncpg, not by SQLAlchemy.
+    return isinstance(error, _DRIVER_DISCONNECTS)

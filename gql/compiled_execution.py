@@ -91,6 +91,7 @@ class _Run:
         self.recorded: list[tuple[int, GraphQLError, Path | None]] = []
         self.clock = itertools.count(1)
         self.arrivals: dict[asyncio.Future[Any], int] = {}
+        self.watched: set[asyncio.Future[Any]] = set()
         self.tracked: list[Awaitable[Any]] = []
         self.helpers = GraphQLResolveInfoHelpers(self._gather, self.tracked.extend)
 
@@ -165,6 +166,15 @@ class _Run:
             selection = value.selection
         return tuple(order)
 
+    def awaiting(self, value: Awaitable[Any]) -> "asyncio.Future[Any]":
+        """`value` as a future whose completion is stamped with the next tick. A future two
+        sources share (one DataLoader key) is stamped once."""
+        future: asyncio.Future[Any] = asyncio.ensure_future(value)
+        if future not in self.watched:
+            self.watched.add(future)
+            future.add_done_callback(self.arrived)
+        return future
+
     def arrived(self, future: "asyncio.Future[Any]") -> None:
         self.arrivals[future] = next(self.clock)
 
@@ -191,22 +201,19 @@ class _Run:
         resolved: list[tuple[FieldPlan, list[Any], list[Path] | None, list[int]]] = []
         pending: list[asyncio.Future[Any]] = []
         slots: list[tuple[list[Any], list[int], int]] = []
-        # A resolver called now runs after everything awaited so far, as in graphql-core,
-        # where a nested resolver queues for the request's reads behind the ones started
-        # before it; a value read off its object arrives with the object.
-        now = next(self.clock)
+        # A value computed synchronously arrives with its object (graphql-core meets it in
+        # the same pass); an awaited one when it completes. Each awaitable is a task of its
+        # own, as in graphql-core: a resolver's first step may set up timeouts, context
+        # variables or task groups, which belong to its task, never to the request's.
         for field in selection.fields:
             values, field_paths = self.resolve(field, sources, paths, alive, typename)
             arrivals = ticks
             if field.how > ATTRIBUTE:
-                arrivals = [now] * len(values)
                 for position, value in enumerate(values):
-                    if type(value) is _COROUTINE:
-                        value = values[position] = _step(value)
                     if inspect.isawaitable(value):
-                        future: asyncio.Future[Any] = asyncio.ensure_future(value)
-                        future.add_done_callback(self.arrived)
-                        pending.append(future)
+                        if arrivals is ticks:
+                            arrivals = list(ticks)
+                        pending.append(self.awaiting(value))
                         slots.append((values, arrivals, position))
             resolved.append((field, values, field_paths, arrivals))
         if pending:
@@ -218,7 +225,7 @@ class _Run:
                 if isinstance(value, BaseException) and not isinstance(value, Exception):
                     raise value
                 values[position] = value
-                arrivals[position] = self.arrivals.pop(future)
+                arrivals[position] = self.arrivals[future]
 
         # Per object, the failure graphql-core would meet first: (tick, field position, it).
         failed: dict[int, tuple[int, int, _Failure]] = {}
@@ -247,8 +254,19 @@ class _Run:
                 )
             )
         if completions:
-            settled_values = await asyncio.gather(*(completion for *_, completion in completions))
+            settled_values = await asyncio.gather(
+                *(completion for *_, completion in completions), return_exceptions=True
+            )
             for (field, field_paths, _), completed in zip(completions, settled_values, strict=True):
+                if isinstance(completed, BaseException):
+                    if not isinstance(completed, Exception):
+                        raise completed
+                    # Completing the field failed as a whole: each object's value is the error.
+                    tick = next(self.clock)
+                    completed = [
+                        _Failure(located_error(completed, field.nodes, path.as_list()), tick)
+                        for path in field_paths
+                    ]
                 key = field.key
                 non_null = field.value.non_null
                 for index, path, value in zip(alive, field_paths, completed, strict=True):
@@ -519,11 +537,28 @@ class _Run:
             start = len(items)
             path = paths[position]
             tick = ticks[position]
-            for index, item in enumerate(value):
-                items.append(item)
-                item_paths.append(Path(path, index, None))
-                item_ticks.append(tick)
+            try:
+                for index, item in enumerate(value):
+                    items.append(item)
+                    item_paths.append(Path(path, index, None))
+                    item_ticks.append(tick)
+            except Exception as raised:  # an iterator that fails midway: the field's error
+                del items[start:], item_paths[start:], item_ticks[start:]
+                completed[position] = _Failure(
+                    located_error(raised, field.nodes, path.as_list()), tick
+                )
+                continue
             spans.append((position, start, len(items)))
+        awaited = [position for position, item in enumerate(items) if inspect.isawaitable(item)]
+        if awaited:
+            # Items may be awaitables of their own, as graphql-core allows.
+            futures = [self.awaiting(items[position]) for position in awaited]
+            settled = await asyncio.gather(*futures, return_exceptions=True)
+            for position, future, item in zip(awaited, futures, settled, strict=True):
+                if isinstance(item, BaseException) and not isinstance(item, Exception):
+                    raise item
+                items[position] = item
+                item_ticks[position] = self.arrivals[future]
         done = await self.complete(item_plan, items, item_paths, item_ticks, field) if items else []
         for position, start, end in spans:
             regrouped = done[start:end]
@@ -537,64 +572,6 @@ class _Run:
                     self.record(item.error, item_paths[start + offset], item.tick)
                     regrouped[offset] = None
             completed[position] = failure if failure is not None else regrouped
-
-
-async def _coroutine_type() -> None:
-    pass
-
-
-_placeholder = _coroutine_type()
-_COROUTINE = type(_placeholder)
-_placeholder.close()
-
-
-def _step(coroutine: Any) -> Any:
-    """Run a resolver's coroutine until it first waits, as Python 3.12's eager tasks do.
-
-    Most finish without waiting (a DataLoader whose value is cached or primed, a resolver
-    that awaits nothing): their value, or the exception they raised, comes back at once and
-    no task is made. One that waits goes on in a task, resumed where it stopped.
-    """
-    try:
-        waiting_on = _taken(coroutine.send(None))
-    except StopIteration as stop:
-        return stop.value
-    except Exception as raised:
-        return raised
-    return asyncio.ensure_future(_finish(coroutine, waiting_on))
-
-
-def _taken(waiting_on: Any) -> Any:
-    """Take a yielded future as asyncio's Task does: clear its `_asyncio_future_blocking`, or
-    the next coroutine awaiting the same future (one DataLoader key asked for twice) is told
-    "await wasn't used with future"."""
-    if waiting_on is not None:
-        waiting_on._asyncio_future_blocking = False
-    return waiting_on
-
-
-async def _finish(coroutine: Any, waiting_on: Any) -> Any:
-    """Drive a started coroutine to its end, as an asyncio Task would from here on."""
-    while True:
-        if waiting_on is None:
-            try:
-                await asyncio.sleep(0)  # a bare yield: the coroutine gives the loop one turn
-            except BaseException:
-                coroutine.close()
-                raise
-        else:
-            # asyncio's protocol: the coroutine yielded the future it waits for. Wait for it;
-            # its outcome is the coroutine's to read when it resumes, so it is not kept here.
-            try:
-                await waiting_on
-            except BaseException:
-                if not waiting_on.done():  # this task was cancelled, not what it waited for
-                    coroutine.close()
-                    raise
-        try:
-            waiting_on = _taken(coroutine.send(None))
-        except StopIteration as stop:
-            return stop.value
 
 
 def _keep_first(

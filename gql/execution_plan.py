@@ -28,6 +28,7 @@ from graphql import (
     FragmentDefinitionNode,
     GraphQLBoolean,
     GraphQLEnumType,
+    GraphQLError,
     GraphQLField,
     GraphQLID,
     GraphQLList,
@@ -191,7 +192,9 @@ class PlanCache:
             return plan
         try:
             plan = plan_operation(self.schema, self.calls, document, operation, variables)
-        except NotPlannable:
+        except (NotPlannable, GraphQLError):
+            # A GraphQLError: collecting the fields failed (`@include(if: $v)` with $v null);
+            # graphql-core runs the operation and reports it as a request error.
             plan = None
         self._plans[key] = plan
         if len(self._plans) > self.maxsize:

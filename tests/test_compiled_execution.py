@@ -807,3 +807,15 @@ async def test_introspection_runs_on_graphql_core_in_both_apps_and_answers_alike
     await executors.same_answer('{ __type(name: "Thread") { name fields { name } } __typename }')
     after = await executions(http)
     assert (after.compiled - before.compiled, after.reference - before.reference) == (0, 2)
+
+
+async def test_a_condition_variable_sent_as_null_is_a_request_error_on_both_executors(
+    seeded: SeededInbox, executors: TwoExecutors
+) -> None:
+    """Collecting the fields fails (`if:` is a non-null Boolean): no plan, graphql-core answers
+    with the error, and nothing is a 500."""
+    document = (
+        "query($v: Boolean = true) { threads(first: 1) @include(if: $v) { edges { cursor } } }"
+    )
+    answer = await executors.same_answer(document, {"v": None})
+    assert "Argument 'if' has invalid value" in answer["errors"][0]["message"]

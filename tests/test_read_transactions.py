@@ -7,8 +7,11 @@ same connection, and connections the server closed are replaced without failing 
 """
 
 import asyncio
+from dataclasses import replace
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -16,6 +19,9 @@ from starlette.applications import Starlette
 
 from db.engine import EngineOptions, build_engine, build_sessionmaker
 from db.unit_of_work import open_read_only, unit_of_work
+from gql import app as app_module
+from gql.app import create_app
+from gql.settings import Settings
 from tests.conftest import GraphQLClient, ingest
 
 APP_BACKENDS = (
@@ -89,3 +95,29 @@ async def test_reads_and_writes_go_on_after_the_server_closed_every_pooled_conne
     assert all(len(answer["threads"]["edges"]) == 3 for answer in answers)
     stored = await ingest(client, phone="+14155550001", body="after")
     assert stored["message"]["body"] == "after"
+
+
+async def test_a_read_that_waits_too_long_for_a_connection_fails_its_field_not_the_request(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pool's wait is a timeout of the resolver's own task: when it expires, that field is
+    an INTERNAL_SERVER_ERROR and the request, its neighbours and the pool go on."""
+
+    def small_pool(url: str, options: EngineOptions | None = None) -> Any:
+        options = options or EngineOptions()
+        return build_engine(url, replace(options, pool_size=1, pool_timeout_s=0.3))
+
+    monkeypatch.setattr(app_module, "build_engine", small_pool)
+    app = create_app(replace(settings, database_pool_size=1))
+    async with app.router.lifespan_context(app):
+        client = GraphQLClient(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test"),
+            business_id=1,
+        )
+        held = await app.state.engine.connect()  # the pool's only connection, busy elsewhere
+        try:
+            errors = await client.errors("{ unreadCount }")
+        finally:
+            await held.close()
+        assert [error["extensions"]["code"] for error in errors] == ["INTERNAL_SERVER_ERROR"]
+        assert (await client.execute("{ unreadCount }"))["unreadCount"] == 0
