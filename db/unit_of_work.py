@@ -163,3 +163,15 @@ async def open_read_only(sessions: Sessions, business_id: int) -> ReadOnlyUnit:
         session.info[READ_CONNECTION] = (connection.sync_connection, driver)
         return ReadOnlyUnit(session, connection, driver)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@asynccontextmanager
+async def read_only_unit_of_work(
+    sessions: Sessions, *, business_id: int
+) -> AsyncIterator[AsyncSession]:
+    """`open_read_only` as a block: the session of a read-only unit of work, closed after."""
+    unit = await open_read_only(sessions, business_id)
+    try:
+        yield unit.session
+    finally:
+        await unit.close()

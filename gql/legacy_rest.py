@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from db.unit_of_work import Sessions, unit_of_work
+from db.unit_of_work import Sessions, read_only_unit_of_work
 from domain import access, read_state, threads
 from domain.errors import BadInput, DomainError, NotFound, Unauthenticated
 from domain.events import InboxEvent
@@ -150,7 +150,7 @@ class LegacyRestEndpoints:
         decode_cursor(threads.THREAD_CURSOR, cursor, "cursor")
         unread_only = _flag(request, "unread_only")
         business_id = principal.business_id
-        async with unit_of_work(self.sessions, business_id=business_id) as session:
+        async with read_only_unit_of_work(self.sessions, business_id=business_id) as session:
             page = await threads.list_threads(
                 session, business_id, first=limit, after=cursor, unread_only=unread_only
             )
@@ -169,7 +169,7 @@ class LegacyRestEndpoints:
         limit = _limit(request)
         before = request.query_params.get("before") or None
         business_id = principal.business_id
-        async with unit_of_work(self.sessions, business_id=business_id) as session:
+        async with read_only_unit_of_work(self.sessions, business_id=business_id) as session:
             # An old link to a thread merged away since shows the thread it lives in now.
             thread = await threads.find_thread_by_id(session, business_id, thread_id)
             if thread is None:
@@ -195,7 +195,7 @@ class LegacyRestEndpoints:
             raise Refused(400, "BAD_USER_INPUT", "the client went away mid-request") from None
         reference = request.path_params.get("id_or_phone", "")
         business_id = principal.business_id
-        async with unit_of_work(self.sessions, business_id=business_id) as session:
+        async with read_only_unit_of_work(self.sessions, business_id=business_id) as session:
             found = await find_thread_by_reference(
                 session, business_id, reference, default_region=self.default_region
             )
@@ -209,7 +209,7 @@ class LegacyRestEndpoints:
             metrics=self.metrics,
         )
         self.publish(outcome.event)
-        async with unit_of_work(self.sessions, business_id=business_id) as session:
+        async with read_only_unit_of_work(self.sessions, business_id=business_id) as session:
             latest = await threads.latest_messages(session, business_id, [outcome.thread.id])
         return {
             "thread": thread_json(outcome.thread, latest.get(outcome.thread.id)),

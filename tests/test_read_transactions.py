@@ -22,7 +22,7 @@ from db.unit_of_work import open_read_only, unit_of_work
 from gql import app as app_module
 from gql.app import create_app
 from gql.settings import Settings
-from tests.conftest import GraphQLClient, ingest
+from tests.conftest import GraphQLClient, ingest, token_for
 
 APP_BACKENDS = (
     "FROM pg_stat_activity WHERE application_name = 'wa-inbox' AND datname = current_database()"
@@ -90,7 +90,13 @@ async def test_reads_and_writes_go_on_after_the_server_closed_every_pooled_conne
         if await gone():
             break
         await asyncio.sleep(0.05)
-    # Every request succeeds at its first attempt: the dead connections are replaced.
+    # Every request succeeds at its first attempt, the legacy REST reads included: the dead
+    # connections are replaced.
+    listed = await client.http.get(
+        "/api/crm/threads", headers={"Authorization": f"Bearer {token_for(1)}"}
+    )
+    assert listed.status_code == 200, listed.text
+    assert len(listed.json()["threads"]) == 3
     answers = await asyncio.gather(*(client.execute(THREADS) for _ in range(4)))
     assert all(len(answer["threads"]["edges"]) == 3 for answer in answers)
     stored = await ingest(client, phone="+14155550001", body="after")
