@@ -448,11 +448,12 @@ def _result_body(result: GraphQLExecutionResult) -> dict[str, Any]:
 
 def response_json(body: Any) -> bytes:
     """`body` as JSON bytes: orjson, or the standard library for what orjson refuses (integers
-    beyond 64 bits, which a webhook's raw payload may hold)."""
+    beyond 64 bits, which a webhook's raw payload may hold, and lone surrogates)."""
     try:
         return orjson.dumps(body, default=str)
     except orjson.JSONEncodeError:
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+        # ASCII escapes: a lone surrogate in a stored text has no UTF-8 bytes of its own.
+        return json.dumps(body, separators=(",", ":"), default=str).encode()
 
 
 def _respond(

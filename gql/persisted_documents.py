@@ -58,6 +58,14 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def names_persisted_document(extensions: Mapping[str, Any] | None, document_id: Any) -> bool:
     """Whether a request names its document by id (it may then leave `query` out)."""
     return document_id is not None or (extensions or {}).get("persistedQuery") is not None
@@ -81,6 +89,8 @@ class TrustedDocuments:
             raise ManifestError(f"the file cannot be read ({error})") from None
         except ValueError as error:
             raise ManifestError(f"the file is not JSON ({error})") from None
+        except RecursionError:
+            raise ManifestError("the file's JSON is nested too deeply") from None
         documents = _manifest_documents(raw)
         if not documents:
             raise ManifestError("it lists no documents, so nothing could run")
@@ -215,6 +225,9 @@ class PersistedDocuments:
             return self._by_id(sha256_hash)
         # The hash must be the text's own: otherwise a client could file any document under a
         # hash that others send (Apollo's "hash hijacking").
+        if not _encodable(query):
+            # JSON lets a lone surrogate through; it has no UTF-8 bytes to hash.
+            raise DocumentRefused(400, "`query` is not valid Unicode text", BAD_REQUEST)
         if sha256_hex(query) != sha256_hash:
             raise DocumentRefused(400, "provided sha does not match query", BAD_REQUEST)
         if self.trusted is not None:

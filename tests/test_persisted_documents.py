@@ -187,6 +187,24 @@ async def test_a_malformed_persisted_document_request_is_a_bad_request(
     assert refused.json()["errors"] == [{"message": message, "extensions": {"code": "BAD_REQUEST"}}]
 
 
+async def test_a_lone_surrogate_beside_a_hash_is_a_bad_request(client: GraphQLClient) -> None:
+    """JSON lets `\\ud800` through into the text, which then has no UTF-8 bytes to hash."""
+    body = (
+        '{"query": "{ unreadCount } #\\ud800", "extensions": '
+        + json.dumps(persisted_query(BADGE))
+        + "}"
+    )
+    refused = await client.http.post(
+        "/graphql",
+        content=body.encode(),
+        headers={**client.headers, "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [
+        {"message": "`query` is not valid Unicode text", "extensions": {"code": "BAD_REQUEST"}}
+    ]
+
+
 async def test_a_websocket_learns_a_document_as_http_does(
     app: Starlette, client: GraphQLClient
 ) -> None:
@@ -412,6 +430,7 @@ MALFORMED_MANIFESTS = [
         "operations[0] needs a string `id` and `body`",
         id="apollo_without_body",
     ),
+    pytest.param("[" * 100_000, "nested too deeply", id="nested_too_deeply"),
 ]
 
 
