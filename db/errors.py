@@ -11,7 +11,8 @@ INSUFFICIENT_PRIVILEGE = "42501"  # also: a row-level security policy refused a 
 QUERY_CANCELED = "57014"  # statement_timeout, or a cancel request
 
 _RETRYABLE_SQLSTATES = {SERIALIZATION_FAILURE, DEADLOCK_DETECTED}
-_DRIVER_DISCONNECTS = (
+# A connection lost, as asyncpg itself reports it (the hot reads run on asyncpg directly).
+DRIVER_DISCONNECTS = (
     ConnectionError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
@@ -53,4 +54,4 @@ def is_retryable(error: BaseException, *, during_commit: bool = False) -> bool:
         return error.connection_invalidated
     # The hot reads run on asyncpg itself (db/inbox_reads.py): a connection lost under them
     # is reported by asyncpg, not by SQLAlchemy.
-    return isinstance(error, _DRIVER_DISCONNECTS)
+    return isinstance(error, DRIVER_DISCONNECTS)

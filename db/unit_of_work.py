@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from db.errors import is_retryable
+from db.errors import DRIVER_DISCONNECTS, is_retryable
 
 log = logging.getLogger("wa_inbox.db")
 
@@ -116,15 +115,10 @@ class ReadOnlyUnit:
             await self._connection.close()
 
 
-# A pooled connection the server closed, as asyncpg reports its first use: a socket error, a
-# connection error, or (when the server's goodbye arrived while the connection sat idle and
-# was not processed yet) a protocol state it cannot leave.
-_DISCONNECTS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
+# A pooled connection the server closed, as asyncpg reports its first use: its disconnects,
+# including a protocol state it cannot leave when the server's goodbye arrived while the
+# connection sat idle, or any socket error while the BEGIN is sent (nothing is done yet).
+_DISCONNECTS = (*DRIVER_DISCONNECTS, OSError)
 _READ_ATTEMPTS = 3
 # Where a read-only unit's session keeps its connection and the asyncpg connection under it,
 # so db/inbox_reads.py finds them without asking SQLAlchemy again for every statement.

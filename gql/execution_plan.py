@@ -129,12 +129,8 @@ class OperationPlan:
     fragments: dict[str, FragmentDefinitionNode]
 
 
-@dataclass(frozen=True)
-class StrawberryCalls:
-    """What planning needs from the Strawberry schema: how it resolves basic fields."""
-
-    default_resolver: Callable[[Any, str], Any]
-    info_class: type
+# How Strawberry reads a field without resolver off its object (its config.default_resolver).
+DefaultResolver = Callable[[Any, str], Any]
 
 
 def conditional_variables(document: DocumentNode) -> tuple[str, ...]:
@@ -158,9 +154,11 @@ def conditional_variables(document: DocumentNode) -> tuple[str, ...]:
 class PlanCache:
     """Plans by document text, operation and the values of the conditional variables."""
 
-    def __init__(self, schema: GraphQLSchema, calls: StrawberryCalls, maxsize: int = 256) -> None:
+    def __init__(
+        self, schema: GraphQLSchema, default_resolver: DefaultResolver, maxsize: int = 256
+    ) -> None:
         self.schema = schema
-        self.calls = calls
+        self.default_resolver = default_resolver
         self.maxsize = maxsize
         self._plans: OrderedDict[tuple[Any, ...], OperationPlan | None] = OrderedDict()
         self._conditions: dict[str, tuple[str, ...]] = {}
@@ -191,7 +189,9 @@ class PlanCache:
             self._plans.move_to_end(key)
             return plan
         try:
-            plan = plan_operation(self.schema, self.calls, document, operation, variables)
+            plan = plan_operation(
+                self.schema, self.default_resolver, document, operation, variables
+            )
         except (NotPlannable, GraphQLError):
             # A GraphQLError: collecting the fields failed (`@include(if: $v)` with $v null);
             # graphql-core runs the operation and reports it as a request error.
@@ -208,7 +208,7 @@ def _hashable(value: Any) -> Any:
 
 def plan_operation(
     schema: GraphQLSchema,
-    calls: StrawberryCalls,
+    default_resolver: DefaultResolver,
     document: DocumentNode,
     operation: OperationDefinitionNode,
     variables: VariableValues,
@@ -224,7 +224,7 @@ def plan_operation(
     }
     planner = _Planner(
         schema,
-        calls,
+        default_resolver,
         operation,
         variables,
         {name: FragmentDetails(definition) for name, definition in fragment_definitions.items()},
@@ -247,13 +247,13 @@ class _Planner:
     def __init__(
         self,
         schema: GraphQLSchema,
-        calls: StrawberryCalls,
+        default_resolver: DefaultResolver,
         operation: OperationDefinitionNode,
         variables: VariableValues,
         fragments: dict[str, FragmentDetails],
     ) -> None:
         self.schema = schema
-        self.calls = calls
+        self.default_resolver = default_resolver
         self.operation = operation
         self.variables = variables
         self.fragments = fragments
@@ -331,7 +331,11 @@ class _Planner:
             return plan  # field extensions (permissions included) run in Strawberry's wrapper
         resolver = strawberry_field.base_resolver
         if resolver is None:
-            if getattr(definition.resolve, "_is_default", False):
+            # An attribute read, unless Strawberry was told to read fields some other way.
+            if (
+                getattr(definition.resolve, "_is_default", False)
+                and self.default_resolver is getattr
+            ):
                 plan.how = ATTRIBUTE
                 plan.attribute = strawberry_field.python_name
                 plan.resolve = None

@@ -21,13 +21,13 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from graphql import GraphQLError, OperationType, get_operation_ast
-from graphql.execution import Executor, execute_subscription_event
+from graphql.execution import Executor
 from graphql.execution.values import get_argument_values
 from starlette.websockets import WebSocket
 
@@ -659,21 +659,14 @@ class FanOutHub:
         else:
             value = UnreadCountEvent.from_counts(root)
         try:
-            if audience.plan is not None:
-                result = await self.operations.run_plan(
-                    audience.plan, audience.executor.variable_values, context, root_value=value
-                )
-            else:
-                self.metrics.graphql_reference_executions += 1
-                outcome = execute_subscription_event(
-                    audience.executor.build_per_event_executor(value)
-                )
-                result = await outcome if isinstance(outcome, Awaitable) else outcome
+            result = await self.operations.run_event(
+                audience.plan, audience.executor, value, context
+            )
         finally:
             await context.reads.close()
         body: dict[str, Any] = {"data": result.data}
         if result.errors:
-            body["errors"] = [shape_error(e, context.request_id).formatted for e in result.errors]
+            body["errors"] = [error.formatted for error in result.errors]
         return response_json(body).decode()
 
     # --- keep-alive ----------------------------------------------------------------------

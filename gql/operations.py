@@ -9,34 +9,31 @@ from typing import Any, Literal
 
 import strawberry
 from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, execute
-from graphql.execution import ExecutionResult
+from graphql.execution import ExecutionResult, Executor, execute_subscription_event
 from graphql.execution.values import VariableValues
 from graphql.pyutils import Undefined
 
 from domain.metrics import InboxMetrics
 from gql.compiled_execution import execute_plan
 from gql.errors import shape_error
-from gql.execution_plan import OperationPlan, PlanCache, StrawberryCalls
+from gql.execution_plan import OperationPlan, PlanCache
 
-Executor = Literal["compiled", "reference"]
+ExecutorChoice = Literal["compiled", "reference"]
 
 
 class Operations:
     """One per application: the plan cache and the choice of executor (GRAPHQL_EXECUTOR)."""
 
     def __init__(
-        self, schema: strawberry.Schema, metrics: InboxMetrics, executor: Executor = "compiled"
+        self,
+        schema: strawberry.Schema,
+        metrics: InboxMetrics,
+        executor: ExecutorChoice = "compiled",
     ) -> None:
         self.schema = schema._schema
         self.metrics = metrics
         self.executor = executor
-        self.plans = PlanCache(
-            self.schema,
-            StrawberryCalls(
-                default_resolver=schema.config.default_resolver,
-                info_class=schema.config.info_class,
-            ),
-        )
+        self.plans = PlanCache(self.schema, schema.config.default_resolver)
         self.info_class = schema.config.info_class
 
     def plan_for(
@@ -81,6 +78,18 @@ class Operations:
         result = await execute_plan(
             plan, self.schema, context, variables, root_value=root_value, info_class=self.info_class
         )
+        return _shaped(result, context)
+
+    async def run_event(
+        self, plan: OperationPlan | None, executor: Executor[Any], payload: Any, context: Any
+    ) -> ExecutionResult:
+        """A subscription event for an audience: on its plan, or graphql-core's per-event
+        execution of the audience's `executor`, errors shaped."""
+        if plan is not None:
+            return await self.run_plan(plan, executor.variable_values, context, root_value=payload)
+        self.metrics.graphql_reference_executions += 1
+        outcome = execute_subscription_event(executor.build_per_event_executor(payload))
+        result = await outcome if not isinstance(outcome, ExecutionResult) else outcome
         return _shaped(result, context)
 
     async def run_reference(
