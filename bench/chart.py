@@ -1,5 +1,6 @@
 """The README's chart of bench/suite.py's results: reads (ms, log scale), reads at 16 clients
-(requests/s) and ingest (msg/s), app and floor side by side."""
+(requests/s), ingest (msg/s) against its HTTP and asyncpg floors, and ingest with one worker
+and two, app and floor side by side."""
 
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ def draw(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = results["sizes"]
-    figure, (reads, rates, ingest) = plt.subplots(1, 3, figsize=(20, 5.6), width_ratios=(3, 3, 2))
+    figure, (reads, rates, ingest, workers) = plt.subplots(
+        1, 4, figsize=(24, 5.6), width_ratios=(3, 3, 3, 1.2)
+    )
     width = 0.38
 
     labels, app_ms, base_ms = [], [], []
@@ -79,25 +82,56 @@ def draw(results: dict[str, Any], path: Path) -> None:
     rates.set_title(f"Reads over HTTP, {results['plan']['clients']} concurrent clients")
     rates.legend(fontsize=8)
 
-    labels, app_rate, floor_rate = [], [], []
+    # Each way beside the HTTP floor that receives the same JSON and the asyncpg floor.
+    labels = []
+    bars: dict[str, list[float]] = {"app": [], "http": [], "asyncpg": []}
     for name, label in INGEST_LABELS.items():
         for size in sizes:
+            figures = size["ingest"]
             labels.append(f"{label}\n{size['size']}")
-            app_rate.append(size["ingest"][name]["messages_per_s"])
-            floor_rate.append(size["ingest"]["floor"]["messages_per_s"])
+            bars["app"].append(figures[name]["messages_per_s"])
+            bars["http"].append(figures[figures[name]["http_floor"]]["messages_per_s"])
+            bars["asyncpg"].append(figures["floor"]["messages_per_s"])
     positions = range(len(labels))
-    ingest.bar([p - width / 2 for p in positions], app_rate, width, label="wa-inbox over HTTP")
-    ingest.bar(
-        [p + width / 2 for p in positions],
-        floor_rate,
-        width,
-        label="floor: the 2 statements on asyncpg",
-    )
+    third = 0.27
+    legends = {
+        "app": "wa-inbox over HTTP, 1 worker",
+        "http": "HTTP floor: the same JSON, 2 statements on asyncpg (bench/floor.py)",
+        "asyncpg": "asyncpg floor: the 2 statements, no HTTP",
+    }
+    for offset, (key, values) in zip((-third, 0.0, third), bars.items(), strict=True):
+        ingest.bar([p + offset for p in positions], values, third, label=legends[key])
+        for position, value in zip(positions, values, strict=True):
+            ingest.annotate(
+                f"{value:.0f}", (position + offset, value), ha="center", va="bottom", fontsize=7
+            )
     ingest.set_xticks(list(positions), labels, fontsize=8)
     ingest.set_ylabel("messages per second")
     clients = results["plan"]["clients"]
     ingest.set_title(f"Ingest, {clients} concurrent clients")
-    ingest.legend(fontsize=8)
+    ingest.set_ylim(top=max(max(values) for values in bars.values()) * 1.3)  # room for the legend
+    ingest.legend(fontsize=7, loc="upper left")
+
+    labels, one, two = [], [], []
+    for size in sizes:
+        measured = size["ingest"]["workers"]
+        labels.append(f"{size['size']}\n{measured['ratio']:.2f}x")
+        one.append(measured["one_worker"]["messages_per_s"])
+        two.append(measured["two_workers"]["messages_per_s"])
+    positions = range(len(labels))
+    workers.bar([p - width / 2 for p in positions], one, width, label="1 worker")
+    workers.bar([p + width / 2 for p in positions], two, width, label="WORKERS=2")
+    for offset, values in ((-width / 2, one), (width / 2, two)):
+        for position, value in zip(positions, values, strict=True):
+            workers.annotate(
+                f"{value:.0f}", (position + offset, value), ha="center", va="bottom", fontsize=7
+            )
+    workers.set_xticks(list(positions), labels, fontsize=8)
+    workers.set_ylabel("messages per second")
+    clients = sizes[0]["ingest"]["workers"]["clients"]
+    workers.set_title(f"ingestMessage, {clients} clients", fontsize=10)
+    workers.set_ylim(top=max(one + two) * 1.3)
+    workers.legend(fontsize=7, loc="upper left")
 
     host = results["machine"]
     figure.suptitle(

@@ -1,19 +1,28 @@
-"""The floor of this stack: the benchmark's reads as hand-written SQL behind a bare Starlette app.
+"""The floor of this stack: the benchmark's reads and ingest as hand-written SQL behind a bare
+Starlette app.
 
     FLOOR_DATABASE_URL=postgresql://... PORT=8123 .venv/bin/python -m bench.floor
     (FLOOR_POOL_SIZE: its asyncpg connections, 4 unless given)
 
 Started by bench/suite.py as its own uvicorn process, so it pays the same HTTP, JSON and process
 costs as `python -m gql serve` and nothing else: no GraphQL, no SQLAlchemy, no auth, no
-row-level security (its connections are the migrating user's). Each endpoint runs one statement
-on an asyncpg pool and answers the same JSON shape as the GraphQL query it stands for.
+row-level security (its connections are the migrating user's). Each read endpoint runs one
+statement on an asyncpg pool and answers the same JSON shape as the GraphQL query it stands for.
+
+The two ingest endpoints (issue 15) receive the same JSON as the app's ways of ingesting, the
+`ingestMessage` mutation's request (POST /ingest?business_id=) and a WhatsApp webhook delivery
+(POST /webhooks/whatsapp), and store each message as the suite's asyncpg floor does: the
+conversation's upsert and the message's insert, both `ON CONFLICT`, in one transaction per
+message. They answer the shapes of `{ ingestMessage { duplicate message { id } } }` and of the
+webhook's delivery report.
 """
 
 import base64
+import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -59,6 +68,80 @@ LIMIT $3
 """
 
 
+# The two statements of db/statements.py's upsert_conversation and insert_message as they were
+# sent before issue 15 (an inbound customer text on a phone thread): the ingest floor, run by
+# this app over HTTP and by bench/suite.py straight on asyncpg.
+UPSERT_CONVERSATION_SQL = """
+INSERT INTO whatsapp_conversation AS existing (business_id, canonical_key, phone_e164, lead_id,
+    status, started_at, last_message_at, message_seq, contact_name, wa_user_id)
+VALUES ($1, $2, $3, NULL, 'open', $4, $4, 1, NULL, NULL)
+ON CONFLICT (business_id, canonical_key) DO UPDATE SET
+    message_seq = existing.message_seq + 1,
+    started_at = least(existing.started_at, excluded.started_at),
+    last_message_at = greatest(existing.last_message_at, excluded.last_message_at),
+    phone_e164 = coalesce(excluded.phone_e164, existing.phone_e164),
+    contact_name = coalesce(excluded.contact_name, existing.contact_name),
+    wa_user_id = coalesce(excluded.wa_user_id, existing.wa_user_id),
+    status = 'open'
+RETURNING *
+"""
+INSERT_MESSAGE_SQL = """
+INSERT INTO whatsapp_message (business_id, conversation_id, seq, provider_message_id, direction,
+    source, status, body, sent_at, created_at, historical, message_type)
+VALUES ($1, $2, $3, $4, 'in', 'customer', 'received', $5, $6, clock_timestamp(), false, 'text')
+ON CONFLICT (business_id, provider_message_id) DO NOTHING
+RETURNING *
+"""
+_STORED_MESSAGE_ID = """
+SELECT id FROM whatsapp_message WHERE business_id = $1 AND provider_message_id = $2
+"""
+# The webhook's answer: domain/webhook_deliveries.py's DeliveryReport, counted the same way.
+DELIVERY_REPORT_KEYS = (
+    "stored",
+    "duplicates",
+    "statuses_applied",
+    "statuses_pending",
+    "statuses_stale",
+    "revisions_applied",
+    "revisions_pending",
+    "revisions_stale",
+    "rejected",
+    "unknown_numbers",
+    "ignored_fields",
+)
+_CHANNEL_OWNER = "SELECT business_id FROM whatsapp_channel WHERE phone_number_id = $1"
+
+
+async def store_message(
+    connection: asyncpg.Connection,
+    business_id: int,
+    phone: str,
+    provider_message_id: str,
+    body: str | None,
+    sent_at: datetime,
+) -> tuple[int, bool]:
+    """The floor's ingest of one message in its own transaction: (message id, duplicate)."""
+    async with connection.transaction():
+        conversation = await connection.fetchrow(
+            UPSERT_CONVERSATION_SQL, business_id, f"phone:{business_id}:{phone}", phone, sent_at
+        )
+        message = await connection.fetchrow(
+            INSERT_MESSAGE_SQL,
+            business_id,
+            conversation["id"],
+            conversation["message_seq"],
+            provider_message_id,
+            body,
+            sent_at,
+        )
+        if message is not None:
+            return message["id"], False
+        # Never taken by the suite (every provider id is new); here so that a redelivery
+        # still answers the stored message, as the app does.
+        stored = await connection.fetchval(_STORED_MESSAGE_ID, business_id, provider_message_id)
+        return stored, True
+
+
 def _time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
@@ -80,6 +163,7 @@ def create_floor_app(database_url: str, pool_size: int = 4) -> Starlette:
             "table_name = 'whatsapp_conversation' AND column_name = 'unread_count')"
         )
         state["pool"] = pool
+        state["channel_owners"] = {}
         state["thread_page"] = _THREAD_PAGE.format(
             unread="c.unread_count" if has_counter else _COUNTED_UNREAD
         )
@@ -152,11 +236,66 @@ def create_floor_app(database_url: str, pool_size: int = 4) -> Starlette:
             {"data": {"thread": {"messages": {"edges": edges, "pageInfo": page_info}}}}
         )
 
+    async def ingest(request: Request) -> JSONResponse:
+        business_id = int(request.query_params["business_id"])
+        given = json.loads(await request.body())["variables"]["input"]
+        sent_at = (
+            datetime.fromisoformat(given["sentAt"]) if given.get("sentAt") else datetime.now(UTC)
+        )
+        async with state["pool"].acquire() as connection:
+            message_id, duplicate = await store_message(
+                connection,
+                business_id,
+                given["phone"],
+                given["providerMessageId"],
+                given.get("body"),
+                sent_at,
+            )
+        return JSONResponse(
+            {
+                "data": {
+                    "ingestMessage": {"duplicate": duplicate, "message": {"id": str(message_id)}}
+                }
+            }
+        )
+
+    async def webhook(request: Request) -> JSONResponse:
+        delivery = json.loads(await request.body())
+        report = dict.fromkeys(DELIVERY_REPORT_KEYS, 0)
+        owners: dict[str, int] = state["channel_owners"]
+        async with state["pool"].acquire() as connection:
+            for entry in delivery["entry"]:
+                for change in entry["changes"]:
+                    value = change["value"]
+                    number = value["metadata"]["phone_number_id"]
+                    if number not in owners:
+                        # Kept for the life of the process: a floor asks once what the app
+                        # asks per delivery, and the suite never moves a number.
+                        owners[number] = await connection.fetchval(_CHANNEL_OWNER, number)
+                    business_id = owners[number]
+                    if business_id is None:
+                        report["unknown_numbers"] += 1
+                        continue
+                    for message in value.get("messages", ()):
+                        _, duplicate = await store_message(
+                            connection,
+                            business_id,
+                            f"+{message['from']}",
+                            message["id"],
+                            message.get("text", {}).get("body"),
+                            datetime.fromtimestamp(int(message["timestamp"]), UTC),
+                        )
+                        report["duplicates" if duplicate else "stored"] += 1
+        outcome = "stored" if report["stored"] or report["duplicates"] else "ignored"
+        return JSONResponse({"status": outcome, **report})
+
     return Starlette(
         routes=[
             Route("/unread", unread, methods=["GET"]),
             Route("/threads", threads, methods=["GET"]),
             Route("/messages", messages, methods=["GET"]),
+            Route("/ingest", ingest, methods=["POST"]),
+            Route("/webhooks/whatsapp", webhook, methods=["POST"]),
             Route("/healthz", lambda request: JSONResponse({"ok": True}), methods=["GET"]),
         ],
         lifespan=lifespan,

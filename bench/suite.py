@@ -1,4 +1,4 @@
-"""The benchmark suite (issues 7 and 14): reads, ingest and growth, side by side with floors.
+"""The benchmark suite (issues 7, 14 and 15): reads, ingest and growth, side by side with floors.
 
     .venv/bin/python -m bench.suite                      # --sizes small large --repeat 200
     .venv/bin/python -m bench.suite --smoke --json /tmp/s.json --chart /tmp/s.png
@@ -6,11 +6,12 @@
 For each size a scratch database is created (on BENCH_DATABASE_URL's or TEST_DATABASE_URL's
 server, else on an embedded PostgreSQL in a temporary directory), migrated, filled by
 bench/dataset.load() (seed 7, with one 10,000-message thread), analyzed, and dropped at the
-end. Two processes serve each: `python -m gql serve` (the application) and `python -m
-bench.floor` (the same reads as one hand-written statement each behind a bare Starlette app,
-under the same uvicorn). Every size stays up until the end, so the reads of all sizes are
-measured in the same minutes. This process measures over real HTTP/1.1 with keep-alive
-(bench/http_client.py: prepared bytes, so the client's own cost stays small):
+end. Three processes serve each: `python -m gql serve` (the application, WORKERS=1), `python
+-m bench.floor` (the same reads as one hand-written statement each, and the same ingest JSON
+stored by the floor's statements, behind a bare Starlette app under the same uvicorn), and
+`python -m gql serve` again with WORKERS=2. Every size stays up until the end, so the reads of
+all sizes are measured in the same minutes. This process measures over real HTTP/1.1 with
+keep-alive (bench/http_client.py: prepared bytes, so the client's own cost stays small):
 
 1. unread badge: `{ unreadCount }` vs the floor's /unread (the same shard counters);
 2. thread list: `threads(first: 50)` with every thread field, unreadCount and lastMessage,
@@ -19,9 +20,12 @@ measured in the same minutes. This process measures over real HTTP/1.1 with keep
    each one request at a time, interleaved request by request across sides and sizes, then
    requests per second at 16 concurrent clients for each read, side and size;
 4. the seed's badge (COUNT(*) FILTER over every message) on asyncpg, on its own;
-5. ingest, 16 concurrent clients, one message per request: `ingestMessage`, the webhook with
-   one message per delivery and with 10, vs the floor: the app's two INSERT ... ON CONFLICT
-   statements in one transaction per message on 16 asyncpg connections (rounds interleaved);
+5. ingest, 16 concurrent clients: `ingestMessage`, the webhook with one message per delivery
+   and with 10, each vs its HTTP floor (bench/floor.py receiving the same JSON) and vs the
+   asyncpg floor (the two INSERT ... ON CONFLICT statements in one transaction per message on
+   16 asyncpg connections of this process); and `ingestMessage` at 32 clients against the app
+   with one worker and with two; every way in the same interleaved rounds, the client's own
+   CPU per request recorded, and its ceiling against the floor's /healthz;
 6. growth: each read's median at the largest size over its median at the smallest.
 
 Then a profile: the same requests in-process (httpx's ASGI transport) with every SQL statement
@@ -33,6 +37,8 @@ never writes docs/).
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -57,6 +63,7 @@ from bench.databases import asyncpg_dsn, database_server, scratch_database
 from bench.dataset import SIZES, LoadedDataset, load
 from bench.fanout import free_port
 from bench.floor import BADGE_SQL as FLOOR_BADGE_SQL
+from bench.floor import store_message
 from bench.http_client import Connection, prepared_request
 from db.migrations import upgrade_to_head
 from domain.access import Role
@@ -71,6 +78,9 @@ APP_SECRET = "bench-suite-whatsapp-app-secret"
 PHONE_NUMBER_ID = "106540352242922"
 LONG_THREAD_MESSAGES = 10_000
 CLIENTS = 16
+# The workers comparison's clients: enough requests in flight to keep two server processes
+# busy while each waits on PostgreSQL.
+WORKER_CLIENTS = 32
 PHONES = 300
 INGEST_ROUNDS = 4
 THROUGHPUT_ROUNDS = 2
@@ -108,35 +118,36 @@ SELECT count(*) FILTER (WHERE m.direction = 'in' AND NOT m.historical AND m.stat
 FROM whatsapp_message m JOIN whatsapp_conversation c ON c.id = m.conversation_id
 WHERE c.business_id = $1
 """
-# The two statements of db/statements.py's upsert_conversation and insert_message, as sent.
-UPSERT_CONVERSATION_SQL = """
-INSERT INTO whatsapp_conversation AS existing (business_id, canonical_key, phone_e164, lead_id,
-    status, started_at, last_message_at, message_seq, contact_name, wa_user_id)
-VALUES ($1, $2, $3, NULL, 'open', $4, $4, 1, NULL, NULL)
-ON CONFLICT (business_id, canonical_key) DO UPDATE SET
-    message_seq = existing.message_seq + 1,
-    started_at = least(existing.started_at, excluded.started_at),
-    last_message_at = greatest(existing.last_message_at, excluded.last_message_at),
-    phone_e164 = coalesce(excluded.phone_e164, existing.phone_e164),
-    contact_name = coalesce(excluded.contact_name, existing.contact_name),
-    wa_user_id = coalesce(excluded.wa_user_id, existing.wa_user_id),
-    status = 'open'
-RETURNING *
-"""
-INSERT_MESSAGE_SQL = """
-INSERT INTO whatsapp_message (business_id, conversation_id, seq, provider_message_id, direction,
-    source, status, body, sent_at, created_at, historical, message_type)
-VALUES ($1, $2, $3, $4, 'in', 'customer', 'received', $5, $6, clock_timestamp(), false, 'text')
-ON CONFLICT (business_id, provider_message_id) DO NOTHING
-RETURNING *
-"""
-
 READS = ("unread_badge", "thread_list", "thread_end")
 INGESTS = ("ingest_mutation", "webhook_1", "webhook_10")
+# The floors of ingest (bench/floor.py's two statements per message): straight on asyncpg in
+# this process, and behind the floor app's HTTP endpoints for each way.
+INGEST_FLOORS = ("floor", "floor_http_mutation", "floor_http_webhook_1", "floor_http_webhook_10")
+INGEST_HTTP_FLOOR = {
+    "ingest_mutation": "floor_http_mutation",
+    "webhook_1": "floor_http_webhook_1",
+    "webhook_10": "floor_http_webhook_10",
+}
+# What each way's target (issue 15) compares it with: one message per request against the
+# same JSON served by the HTTP floor; ten per delivery against the asyncpg floor's single
+# messages, since batching must win over one message at a time even without HTTP.
+INGEST_COMPARED_WITH = {
+    "ingest_mutation": "floor_http_mutation",
+    "webhook_1": "floor_http_webhook_1",
+    "webhook_10": "floor",
+}
 FLOOR_KIND = {
     "unread_badge": "the shard counters' sum on asyncpg behind Starlette (bench/floor.py)",
     "thread_list": "hand-written SQL behind Starlette (bench/floor.py)",
     "thread_end": "hand-written SQL behind Starlette (bench/floor.py)",
+}
+INGEST_LABELS = {
+    "floor": "floor (asyncpg)",
+    "floor_http_mutation": "HTTP floor: mutation",
+    "floor_http_webhook_1": "HTTP floor: webhook 1",
+    "floor_http_webhook_10": "HTTP floor: webhook 10",
+    "workers_1": "mutation, 1 worker",
+    "workers_2": "mutation, WORKERS=2",
 }
 TARGETS = {
     # name: (what the ratio is, the target, whether higher is better); issue 14's for reads.
@@ -144,9 +155,10 @@ TARGETS = {
     "thread_list": ("app / floor", 1.5, False),
     "thread_end": ("app / floor", 1.5, False),
     "seed_badge": ("seed SQL / app", 50.0, True),  # issue 7, at the largest size
-    "ingest_mutation": ("app / floor rate", 0.5, True),
-    "webhook_1": ("app / floor rate", 0.5, True),
-    "webhook_10": ("app / floor rate", 0.5, True),
+    "ingest_mutation": ("app / HTTP floor rate", 0.5, True),  # issue 15's, one worker each
+    "webhook_1": ("app / HTTP floor rate", 0.5, True),
+    "webhook_10": ("app / asyncpg floor rate", 1.0, True),
+    "workers_2": ("2 workers / 1 worker rate", 1.4, True),
     "growth": ("large / small", 1.2, False),
 }
 
@@ -415,9 +427,12 @@ async def measure_reads(sites: list["Site"], repeat: int) -> dict[str, dict[str,
     return results
 
 
-async def requests_per_second(base_url: str, request: bytes, seconds: float) -> float:
-    """Answers per second to CLIENTS keep-alive connections sending `request` back to back."""
-    connections = [await Connection.open(base_url) for _ in range(CLIENTS)]
+async def requests_per_second(
+    base_url: str, request: bytes, seconds: float, clients: int = CLIENTS
+) -> tuple[float, int]:
+    """Answers per second to `clients` keep-alive connections sending `request` back to back,
+    and how many were answered."""
+    connections = [await Connection.open(base_url) for _ in range(clients)]
     answered = 0
     deadline = time.perf_counter() + seconds
 
@@ -430,7 +445,7 @@ async def requests_per_second(base_url: str, request: bytes, seconds: float) -> 
     try:
         started = time.perf_counter()
         await asyncio.gather(*(client(connection) for connection in connections))
-        return answered / (time.perf_counter() - started)
+        return answered / (time.perf_counter() - started), answered
     finally:
         for connection in connections:
             await connection.close()
@@ -454,7 +469,7 @@ async def measure_throughput(sites: list["Site"], seconds: float) -> dict[str, d
     for index in range(THROUGHPUT_ROUNDS):
         for site, name, side in runs if index % 2 == 0 else runs[::-1]:
             url = (site.requests.app_url, site.requests.floor_url)[side]
-            rate = await requests_per_second(
+            rate, _ = await requests_per_second(
                 url, site.requests.pairs[name][side], seconds / THROUGHPUT_ROUNDS
             )
             answered[(site.name, name, side)].append(rate)
@@ -525,13 +540,23 @@ def _webhook_body(provider_ids: list[str], phones: list[str], at: int) -> bytes:
     return json.dumps(delivery).encode()
 
 
+@dataclass(frozen=True)
+class IngestRequest:
+    """One request that stores `messages` messages: what is POSTed where, as an HTTP client
+    or httpx's in-process transport sends it."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    messages: int
+
+
 class Ingest:
-    """The four ways of storing messages; each sends `count` messages from 16 clients."""
+    """The requests of each way of storing messages, every message new, and the asyncpg floor."""
 
     def __init__(
-        self, app: httpx.AsyncClient, pool: asyncpg.Pool, business_id: int, service_token: str
+        self, business_id: int, service_token: str, pool: asyncpg.Pool | None = None
     ) -> None:
-        self.app = app
         self.pool = pool
         self.business_id = business_id
         self.service = {"Authorization": f"Bearer {service_token}"}
@@ -542,7 +567,9 @@ class Ingest:
         number = next(self.serial)
         return number, f"wamid.suite.{uuid.uuid4().hex[:8]}.{number}"
 
-    async def mutation(self) -> int:
+    def mutation(self, *, to_floor: bool = False) -> IngestRequest:
+        """`ingestMessage`; the floor's /ingest receives the same body, the business in the
+        query string since it has no tokens."""
         number, provider_id = self._next()
         variables = {
             "input": {
@@ -553,123 +580,200 @@ class Ingest:
                 "providerMessageId": provider_id,
             }
         }
-        response = await self.app.post(
-            "/graphql", json={"query": INGEST, "variables": variables}, headers=self.service
-        )
-        _check(response)
-        return 1
+        body = json.dumps({"query": INGEST, "variables": variables}).encode()
+        if to_floor:
+            return IngestRequest(f"/ingest?business_id={self.business_id}", body, {}, 1)
+        return IngestRequest("/graphql", body, self.service, 1)
 
-    async def _webhook(self, per_delivery: int) -> int:
+    def webhook(self, per_delivery: int) -> IngestRequest:
+        """A signed delivery of `per_delivery` messages (the floor does not check signatures)."""
         numbered = [self._next() for _ in range(per_delivery)]
         body = _webhook_body(
             [provider_id for _, provider_id in numbered],
             [_phone(number) for number, _ in numbered],
             int(time.time()),
         )
-        response = await self.app.post(
-            "/webhooks/whatsapp",
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-Hub-Signature-256": signature_of(body, APP_SECRET),
-            },
-        )
-        if response.status_code != 200:
-            raise RuntimeError(f"webhook: {response.status_code} {response.text[:500]}")
-        return per_delivery
-
-    async def webhook_1(self) -> int:
-        return await self._webhook(1)
-
-    async def webhook_10(self) -> int:
-        return await self._webhook(10)
+        headers = {"X-Hub-Signature-256": signature_of(body, APP_SECRET)}
+        return IngestRequest("/webhooks/whatsapp", body, headers, per_delivery)
 
     async def floor(self) -> int:
+        """One message through the floor's statements on a connection of this process."""
+        assert self.pool is not None
         number, provider_id = self._next()
         phone = _phone(number)
-        sent_at = self.clock + timedelta(seconds=number)
-        async with self.pool.acquire() as connection, connection.transaction():
-            conversation = await connection.fetchrow(
-                UPSERT_CONVERSATION_SQL,
+        async with self.pool.acquire() as connection:
+            await store_message(
+                connection,
                 self.business_id,
-                f"phone:{self.business_id}:{phone}",
                 phone,
-                sent_at,
-            )
-            await connection.fetchrow(
-                INSERT_MESSAGE_SQL,
-                self.business_id,
-                conversation["id"],
-                conversation["message_seq"],
                 provider_id,
                 f"benchmark message {number}",
-                sent_at,
+                self.clock + timedelta(seconds=number),
             )
         return 1
 
-    def ways(self) -> dict[str, Callable[[], Awaitable[int]]]:
-        return {
-            "floor": self.floor,
-            "ingest_mutation": self.mutation,
-            "webhook_1": self.webhook_1,
-            "webhook_10": self.webhook_10,
-        }
+
+def _stored(request: IngestRequest, answer: bytes) -> int:
+    """The messages `answer` says were stored; RuntimeError unless every one was new."""
+    body = json.loads(answer)
+    if request.path == "/webhooks/whatsapp":
+        stored = body.get("stored")
+    else:
+        data = body.get("data") or {}
+        stored = 0 if body.get("errors") or data["ingestMessage"]["duplicate"] else 1
+    if stored != request.messages:
+        raise RuntimeError(f"{request.path}: {answer[:500]!r}")
+    return request.messages
 
 
-async def _run_clients(
-    send: Callable[[], Awaitable[int]], requests: int
-) -> tuple[int, float, list[float]]:
-    """`requests` sent by CLIENTS concurrent clients: (messages, wall seconds, latencies)."""
-    issued = sent = 0
-    latencies: list[float] = []
+@dataclass(frozen=True)
+class Way:
+    """One way of ingesting as measured: its clients, and what one of them sends."""
 
-    async def client() -> None:
-        nonlocal issued, sent
+    clients: int
+    build: Callable[[], IngestRequest] | None  # None: Ingest.floor, on asyncpg
+    url: str | None = None
+
+
+@dataclass
+class Run:
+    messages: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
+    latencies: list[float] = dataclasses.field(default_factory=list)
+
+
+async def _run_clients(ingest: Ingest, way: Way, requests: int, into: Run) -> None:
+    """`requests` sent by the way's concurrent clients, added to `into`."""
+    issued = 0
+
+    async def client(connection: Connection | None) -> None:
+        nonlocal issued
         while issued < requests:
             issued += 1  # claimed before the await, so no more than needed are in flight
             started = time.perf_counter()
-            stored = await send()
-            latencies.append(time.perf_counter() - started)
-            sent += stored
+            if way.build is None:
+                stored = await ingest.floor()
+            else:
+                assert connection is not None
+                assert way.url is not None
+                request = way.build()
+                answer = await connection.send(
+                    prepared_request(
+                        way.url, "POST", request.path, content=request.body, headers=request.headers
+                    )
+                )
+                stored = _stored(request, answer)
+            into.latencies.append(time.perf_counter() - started)
+            into.messages += stored
+            into.requests += 1
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
-    return sent, time.perf_counter() - started, latencies
+    url = way.url
+    connections = (
+        [None] * way.clients
+        if url is None
+        else [await Connection.open(url) for _ in range(way.clients)]
+    )
+    try:
+        cpu_started, started = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(client(connection) for connection in connections))
+        into.seconds += time.perf_counter() - started
+        into.client_cpu_seconds += time.process_time() - cpu_started
+    finally:
+        for connection in connections:
+            if connection is not None:
+                await connection.close()
 
 
-async def measure_ingest(ingest: Ingest, messages: int) -> dict[str, Any]:
-    ways = ingest.ways()
-    for send in ways.values():  # warm-up
-        await _run_clients(send, CLIENTS)  # in requests
-    totals = {name: [0, 0.0, []] for name in ways}  # type: dict[str, list[Any]]
+def _ways(ingest: Ingest, app_url: str, floor_url: str, workers_url: str) -> dict[str, Way]:
+    mutation, floor_mutation = ingest.mutation, functools.partial(ingest.mutation, to_floor=True)
+    one, ten = functools.partial(ingest.webhook, 1), functools.partial(ingest.webhook, 10)
+    return {
+        "floor": Way(CLIENTS, None),
+        "floor_http_mutation": Way(CLIENTS, floor_mutation, floor_url),
+        "floor_http_webhook_1": Way(CLIENTS, one, floor_url),
+        "floor_http_webhook_10": Way(CLIENTS, ten, floor_url),
+        "ingest_mutation": Way(CLIENTS, mutation, app_url),
+        "webhook_1": Way(CLIENTS, one, app_url),
+        "webhook_10": Way(CLIENTS, ten, app_url),
+        "workers_1": Way(WORKER_CLIENTS, mutation, app_url),
+        "workers_2": Way(WORKER_CLIENTS, mutation, workers_url),
+    }
+
+
+def _figures(run: Run, clients: int) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "clients": clients,
+        "messages": run.messages,
+        "messages_per_s": round(run.messages / run.seconds, 1),
+        "request": _summary(run.latencies),
+    }
+    figures["client_cpu_ms_per_request"] = round(run.client_cpu_seconds / run.requests * 1000, 3)
+    return figures
+
+
+async def client_ceiling(floor_url: str, seconds: float) -> dict[str, Any]:
+    """What this process's client answers per second at WORKER_CLIENTS connections against
+    the floor's /healthz (no database), and its CPU per request: the most it could measure."""
+    cpu_started = time.process_time()
+    rate, answered = await requests_per_second(
+        floor_url, prepared_request(floor_url, "GET", "/healthz"), seconds, WORKER_CLIENTS
+    )
+    cpu = time.process_time() - cpu_started
+    return {
+        "clients": WORKER_CLIENTS,
+        "requests_per_s": round(rate, 1),
+        "client_cpu_ms_per_request": round(cpu / answered * 1000, 4),
+    }
+
+
+async def measure_ingest(
+    ingest: Ingest,
+    messages: int,
+    app_url: str,
+    floor_url: str,
+    workers_url: str,
+    worker_processes: Callable[[], int],
+) -> dict[str, Any]:
+    """Every way of ingesting in INGEST_ROUNDS rounds, the order reversed every round, so that
+    app, floors and workers share whatever else the machine does in these minutes."""
+    ways = _ways(ingest, app_url, floor_url, workers_url)
+    for way in ways.values():  # warm-up: every connection of every pool in use once
+        await _run_clients(ingest, way, way.clients, Run())
+    runs = {name: Run() for name in ways}
     per_round = max(CLIENTS, messages // INGEST_ROUNDS)
     for index in range(INGEST_ROUNDS):
         order = list(ways.items())
         if index % 2:
             order.reverse()
-        for name, send in order:
-            per_request = 10 if name == "webhook_10" else 1
-            sent, wall, latencies = await _run_clients(send, max(1, per_round // per_request))
-            totals[name][0] += sent
-            totals[name][1] += wall
-            totals[name][2].extend(latencies)
-    rates = {name: sent / wall for name, (sent, wall, _) in totals.items()}
-    results: dict[str, Any] = {
-        "clients": CLIENTS,
-        "phones": PHONES,
-        "floor": {
-            "messages": totals["floor"][0],
-            "messages_per_s": round(rates["floor"], 1),
-            "request": _summary(totals["floor"][2]),
-        },
-    }
+        for name, way in order:
+            per_request = 10 if name.endswith("webhook_10") else 1
+            await _run_clients(ingest, way, max(1, per_round // per_request), runs[name])
+    figures = {name: _figures(runs[name], way.clients) for name, way in ways.items()}
+    del figures["floor"]["client_cpu_ms_per_request"]  # the asyncpg floor runs in this process
+    results: dict[str, Any] = {"clients": CLIENTS, "phones": PHONES}
+    for name in INGEST_FLOORS:
+        results[name] = figures[name]
+    rates = {name: figures[name]["messages_per_s"] for name in ways}
     for name in INGESTS:
+        compared = INGEST_COMPARED_WITH[name]
         results[name] = {
-            "messages": totals[name][0],
-            "messages_per_s": round(rates[name], 1),
-            "request": _summary(totals[name][2]),
+            **figures[name],
             "app_over_floor_rate": round(rates[name] / rates["floor"], 3),
+            "http_floor": INGEST_HTTP_FLOOR[name],
+            "app_over_http_floor_rate": round(rates[name] / rates[INGEST_HTTP_FLOOR[name]], 3),
+            "compared_with": compared,
+            "ratio": round(rates[name] / rates[compared], 3),
         }
+    results["workers"] = {
+        "clients": WORKER_CLIENTS,
+        "worker_processes": worker_processes(),
+        "one_worker": figures["workers_1"],
+        "two_workers": figures["workers_2"],
+        "ratio": round(rates["workers_2"] / rates["workers_1"], 3),
+        "client_ceiling": await client_ceiling(floor_url, 1.0),
+    }
     return results
 
 
@@ -730,12 +834,19 @@ async def profile(url: str, dataset: LoadedDataset, repeat: int) -> dict[str, An
             "thread_end": lambda: read(MESSAGES, end),
         }
         # Only the application's side of each write is used here: no floor, no database.
-        ingest = Ingest(client, None, dataset.business_id, service)
+        ingest = Ingest(dataset.business_id, service)
+
+        async def store(request: IngestRequest) -> None:
+            headers = {"Content-Type": "application/json", **request.headers}
+            answer = await client.post(request.path, content=request.body, headers=headers)
+            _check(answer)
+            _stored(request, answer.content)
+
         operations: dict[str, Callable[[], Awaitable[Any]]] = {
             **reads,
-            "ingest_mutation": ingest.mutation,
-            "webhook_1": ingest.webhook_1,
-            "webhook_10": ingest.webhook_10,
+            "ingest_mutation": lambda: store(ingest.mutation()),
+            "webhook_1": lambda: store(ingest.webhook(1)),
+            "webhook_10": lambda: store(ingest.webhook(10)),
         }
         for name, operation in operations.items():
             await operation()  # warm
@@ -793,7 +904,8 @@ def _top_functions(profiler: Any, request_ms: float, limit: int = 12) -> list[di
 
 @dataclass
 class Site:
-    """One size: its database, the app and the floor serving it, and what was measured."""
+    """One size: its database, the app (one worker and two) and the floor serving it, and what
+    was measured."""
 
     name: str
     url: str
@@ -801,6 +913,8 @@ class Site:
     requests: ReadRequests
     app_url: str
     result: dict[str, Any]
+    workers_url: str = ""  # the app started with WORKERS=2
+    workers_pid: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -839,21 +953,36 @@ async def serving_size(server: str, size_name: str, plan: Plan, logs: Path) -> A
             AUTH_SECRET, user_id="bench", business_id=dataset.business_id, role=Role.AGENT
         )
         floor_env = {"FLOOR_DATABASE_URL": asyncpg_dsn(url), "FLOOR_POOL_SIZE": str(CLIENTS)}
+        # WORKERS set explicitly on both: the one-worker figures must not follow the
+        # environment `make bench` was started from.
+        workers_env = {**env, "WORKERS": "2"}
         with (
-            process_serving("gql", env, log_path, ("serve",)) as (app_url, _),
+            process_serving("gql", {**env, "WORKERS": "1"}, log_path, ("serve",)) as (app_url, _),
             process_serving("bench.floor", floor_env, log_path) as (floor_url, _),
+            process_serving("gql", workers_env, log_path, ("serve",)) as (workers_url, workers),
         ):
             requests = ReadRequests.build(
                 app_url, floor_url, agent, dataset.business_id, dataset.long_thread_id or 0
             )
-            yield Site(size_name, url, dataset, requests, app_url, result)
+            yield Site(size_name, url, dataset, requests, app_url, result, workers_url, workers.pid)
         result["server_log_complaints"] = _complaints(log_path)
         for line in result["server_log_complaints"]:
             print(f"  [{size_name}] server log: {line}", flush=True)
 
 
+def serving_processes(pid: int) -> int:
+    """How many processes serve as `pid`: its children when it has any (uvicorn's workers
+    under their supervisor), else itself."""
+    children: set[str] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children.update((task / "children").read_text().split())
+    return len(children) or 1
+
+
 async def measure_ingest_on(site: Site, messages: int) -> dict[str, Any]:
-    """The four ways of ingesting against one size's app (and its database, for the floor)."""
+    """Every way of ingesting against one size's app, its floor and its database, and the app
+    with two workers."""
     business_id = site.dataset.business_id
     admin = issue_token(AUTH_SECRET, user_id="bench", business_id=business_id, role=Role.ADMIN)
     service = issue_token(AUTH_SECRET, user_id="bench", business_id=business_id, role=Role.SERVICE)
@@ -871,7 +1000,14 @@ async def measure_ingest_on(site: Site, messages: int) -> dict[str, Any]:
             headers={"Authorization": f"Bearer {admin}"},
         )
         _check(connected)
-        return await measure_ingest(Ingest(app, pool, business_id, service), messages)
+        return await measure_ingest(
+            Ingest(business_id, service, pool),
+            messages,
+            site.app_url,
+            site.requests.floor_url,
+            site.workers_url,
+            functools.partial(serving_processes, site.workers_pid),
+        )
 
 
 # --- report --------------------------------------------------------------------------------
@@ -881,6 +1017,64 @@ def _met(value: float | None, target: float | None, higher_is_better: bool) -> s
     if value is None or target is None:
         return "-"
     return "yes" if (value >= target if higher_is_better else value <= target) else "no"
+
+
+def _ingest_rows(size: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ingest table's rows of one size: the floors, each way against what its target
+    compares it with, and the workers."""
+    ingest = size["ingest"]
+
+    def row(name: str, figures: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {
+            "measurement": name,
+            "size": size["size"],
+            "clients": figures["clients"],
+            "messages_per_s": figures["messages_per_s"],
+            "p50_request_ms": figures["request"]["median_ms"],
+            "p99_request_ms": figures["request"]["p99_ms"],
+            "client_cpu_ms_per_request": figures.get("client_cpu_ms_per_request"),
+            **more,
+        }
+
+    rows = [row(name, ingest[name]) for name in INGEST_FLOORS]
+    for name in INGESTS:
+        figures = ingest[name]
+        kind, target, higher = TARGETS[name]
+        compared = figures["compared_with"]
+        rows.append(
+            row(
+                name,
+                figures,
+                compared_with=compared,
+                compared_messages_per_s=ingest[compared]["messages_per_s"],
+                # The keys before issue 15, kept: the asyncpg floor's rate and the request's.
+                app_messages_per_s=figures["messages_per_s"],
+                floor_messages_per_s=ingest["floor"]["messages_per_s"],
+                app_p50_request_ms=figures["request"]["median_ms"],
+                app_p99_request_ms=figures["request"]["p99_ms"],
+                ratio=figures["ratio"],
+                ratio_is=kind,
+                target=target,
+                met=_met(figures["ratio"], target, higher),
+            )
+        )
+    workers = ingest["workers"]
+    kind, target, higher = TARGETS["workers_2"]
+    rows.append(row("workers_1", workers["one_worker"]))
+    rows.append(
+        row(
+            "workers_2",
+            workers["two_workers"],
+            compared_with="workers_1",
+            compared_messages_per_s=workers["one_worker"]["messages_per_s"],
+            worker_processes=workers["worker_processes"],
+            ratio=workers["ratio"],
+            ratio_is=kind,
+            target=target,
+            met=_met(workers["ratio"], target, higher),
+        )
+    )
+    return rows
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
@@ -932,23 +1126,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 "counters_equal_the_count": seed["counters_equal_the_count"],
             }
         )
-        for name in INGESTS:
-            figures = size["ingest"][name]
-            kind, target, higher = TARGETS[name]
-            rows.append(
-                {
-                    "measurement": name,
-                    "size": size["size"],
-                    "app_messages_per_s": figures["messages_per_s"],
-                    "floor_messages_per_s": size["ingest"]["floor"]["messages_per_s"],
-                    "app_p50_request_ms": figures["request"]["median_ms"],
-                    "app_p99_request_ms": figures["request"]["p99_ms"],
-                    "ratio": figures["app_over_floor_rate"],
-                    "ratio_is": kind,
-                    "target": target,
-                    "met": _met(figures["app_over_floor_rate"], target, higher),
-                }
-            )
+        rows.extend(_ingest_rows(size))
     growth = []
     if len(results["sizes"]) > 1:
         smallest, largest = results["sizes"][0], results["sizes"][-1]
@@ -1025,17 +1203,35 @@ def print_report(results: dict[str, Any]) -> None:
             f"{counters}"
         )
     print(
-        f"\n{'ingest':<16}{'size':<7}{'app msg/s':>10}{'floor msg/s':>12}"
-        f"{'req p50/p99 ms':>18}{'app/floor':>10}{'target':>7}{'met':>5}"
+        f"\n{'ingest':<23}{'size':<7}{'clients':>7}{'msg/s':>8}{'req p50/p99 ms':>16}"
+        f"{'client CPU ms/req':>18}  {'compared with':<23}{'its msg/s':>9}{'ratio':>7}"
+        f"{'target':>7}{'met':>5}"
     )
     for row in summary["rows"]:
-        if "app_messages_per_s" not in row:
+        if "messages_per_s" not in row:
             continue
+        cpu = row["client_cpu_ms_per_request"]
+        line = (
+            f"{INGEST_LABELS.get(row['measurement'], row['measurement']):<23}{row['size']:<7}"
+            f"{row['clients']:>7}{row['messages_per_s']:>8.0f}"
+            f"{row['p50_request_ms']:>8.1f} /{row['p99_request_ms']:>6.1f}"
+            f"{'-' if cpu is None else f'{cpu:.3f}':>18}"
+        )
+        if "ratio" in row:
+            line += (
+                f"  {INGEST_LABELS.get(row['compared_with'], row['compared_with']):<23}"
+                f"{row['compared_messages_per_s']:>9.0f}{row['ratio']:>7.2f}"
+                f"{row['target']:>7g}{row['met']:>5}"
+            )
+        if "worker_processes" in row:
+            line += f"  ({row['worker_processes']} serving processes)"
+        print(line)
+    for size in results["sizes"]:
+        ceiling = size["ingest"]["workers"]["client_ceiling"]
         print(
-            f"{row['measurement']:<16}{row['size']:<7}{row['app_messages_per_s']:>10.0f}"
-            f"{row['floor_messages_per_s']:>12.0f}"
-            f"{row['app_p50_request_ms']:>9.1f} /{row['app_p99_request_ms']:>7.1f}"
-            f"{row['ratio']:>10.2f}{row['target']:>7g}{row['met']:>5}"
+            f"  [{size['size']}] this process's client alone: {ceiling['requests_per_s']:,.0f} "
+            f"req/s from {ceiling['clients']} connections to the floor's /healthz, "
+            f"{ceiling['client_cpu_ms_per_request']:.3f} ms of its CPU per request"
         )
     if summary["growth"]:
         print(

@@ -34,3 +34,6 @@ def test_benchmark_suite_smoke_run_writes_its_json_and_chart(tmp_path: Path) -> 
     rows = [row for row in measured["summary"]["rows"] if "same_answer" in row]
     assert rows
     assert all(row["same_answer"] for row in rows), rows
+    # Issue 15's ingest table: every way beside its floors, and the app with two workers.
+    ingest = {row["measurement"] for row in measured["summary"]["rows"] if "messages_per_s" in row}
+    assert {"floor", "floor_http_mutation", "webhook_10", "workers_1", "workers_2"} <= ingest
