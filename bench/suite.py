@@ -6,12 +6,15 @@
 For each size a scratch database is created (on BENCH_DATABASE_URL's or TEST_DATABASE_URL's
 server, else on an embedded PostgreSQL in a temporary directory), migrated, filled by
 bench/dataset.load() (seed 7, with one 10,000-message thread), analyzed, and dropped at the
-end. Three processes serve each: `python -m gql serve` (the application, WORKERS=1), `python
--m bench.floor` (the same reads as one hand-written statement each, and the same ingest JSON
-stored by the floor's statements, behind a bare Starlette app under the same uvicorn), and
-`python -m gql serve` again with WORKERS=2. Every size stays up until the end, so the reads of
-all sizes are measured in the same minutes. This process measures over real HTTP/1.1 with
-keep-alive (bench/http_client.py: prepared bytes, so the client's own cost stays small):
+end. Two processes serve each size's reads: `python -m gql serve` (the application, WORKERS=1)
+and `python -m bench.floor` (the same reads as one hand-written statement each, and the same
+ingest JSON stored by the floor's statements, behind a bare Starlette app under the same
+uvicorn). Every size is served until the reads of all sizes are measured, so they are measured
+in the same minutes. Ingest then has its own servers, one size at a time (all sizes' pools at
+once would pass PostgreSQL's 100 connections): the same two and `python -m gql serve` with
+WORKERS=2, each app with DATABASE_POOL_SIZE=16 per process, the floor's pool. This process
+measures over real HTTP/1.1 with keep-alive (bench/http_client.py: prepared bytes, so the
+client's own cost stays small):
 
 1. unread badge: `{ unreadCount }` vs the floor's /unread (the same shard counters);
 2. thread list: `threads(first: 50)` with every thread field, unreadCount and lastMessage,
@@ -246,7 +249,7 @@ def process_serving(
 
 
 def _complaints(path: Path) -> list[str]:
-    """The first warning, error and traceback lines the two servers logged."""
+    """The first warning, error and traceback lines the servers logged."""
     keys = (" WARNING ", " ERROR ", " CRITICAL ", "Traceback")
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
     return [line[:300] for line in lines if any(key in line for key in keys)][:10]
@@ -369,7 +372,7 @@ async def _timed(connection: Connection, request: bytes) -> float:
     return time.perf_counter() - started
 
 
-async def measure_reads(sites: list["Site"], repeat: int) -> dict[str, dict[str, Any]]:
+async def measure_reads(sites: list["ReadSite"], repeat: int) -> dict[str, dict[str, Any]]:
     """Median and p99 of each read, app and floor, at every size: one request at a time,
     interleaved request by request across sides and sizes, so that whatever else the machine
     does at a moment weighs on all of them alike (the growth figures compare sizes)."""
@@ -451,7 +454,7 @@ async def requests_per_second(
             await connection.close()
 
 
-async def measure_throughput(sites: list["Site"], seconds: float) -> dict[str, dict[str, Any]]:
+async def measure_throughput(sites: list["ReadSite"], seconds: float) -> dict[str, dict[str, Any]]:
     """Requests per second at CLIENTS concurrent clients for each read, app and floor, in
     THROUGHPUT_ROUNDS rounds of `seconds` / rounds each, the order reversed every round."""
     runs = [
@@ -642,6 +645,7 @@ class Run:
     seconds: float = 0.0
     client_cpu_seconds: float = 0.0
     latencies: list[float] = dataclasses.field(default_factory=list)
+    round_rates: list[float] = dataclasses.field(default_factory=list)  # messages/s
 
 
 async def _run_clients(ingest: Ingest, way: Way, requests: int, into: Run) -> None:
@@ -669,17 +673,16 @@ async def _run_clients(ingest: Ingest, way: Way, requests: int, into: Run) -> No
             into.messages += stored
             into.requests += 1
 
-    url = way.url
-    connections = (
-        [None] * way.clients
-        if url is None
-        else [await Connection.open(url) for _ in range(way.clients)]
-    )
+    connections: list[Connection | None] = [None] * way.clients
+    if way.url is not None:
+        connections = [await Connection.open(way.url) for _ in range(way.clients)]
     try:
-        cpu_started, started = time.process_time(), time.perf_counter()
+        cpu_started, started, messages = time.process_time(), time.perf_counter(), into.messages
         await asyncio.gather(*(client(connection) for connection in connections))
-        into.seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        into.seconds += seconds
         into.client_cpu_seconds += time.process_time() - cpu_started
+        into.round_rates.append((into.messages - messages) / seconds)
     finally:
         for connection in connections:
             if connection is not None:
@@ -710,6 +713,7 @@ def _figures(run: Run, clients: int) -> dict[str, Any]:
         "request": _summary(run.latencies),
     }
     figures["client_cpu_ms_per_request"] = round(run.client_cpu_seconds / run.requests * 1000, 3)
+    figures["round_messages_per_s"] = [round(rate, 1) for rate in run.round_rates]
     return figures
 
 
@@ -772,6 +776,14 @@ async def measure_ingest(
         "one_worker": figures["workers_1"],
         "two_workers": figures["workers_2"],
         "ratio": round(rates["workers_2"] / rates["workers_1"], 3),
+        # Each round's two figures were measured next to each other: their spread is how far
+        # the one ratio above can be trusted on a machine shared with PostgreSQL.
+        "round_ratios": [
+            round(two / one, 3)
+            for one, two in zip(
+                runs["workers_1"].round_rates, runs["workers_2"].round_rates, strict=True
+            )
+        ],
         "client_ceiling": await client_ceiling(floor_url, 1.0),
     }
     return results
@@ -904,22 +916,37 @@ def _top_functions(profiler: Any, request_ms: float, limit: int = 12) -> list[di
 
 @dataclass
 class Site:
-    """One size: its database, the app (one worker and two) and the floor serving it, and what
-    was measured."""
+    """One size: its database, loaded and analyzed, and what was measured on it."""
 
     name: str
     url: str
     dataset: LoadedDataset
-    requests: ReadRequests
-    app_url: str
     result: dict[str, Any]
-    workers_url: str = ""  # the app started with WORKERS=2
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class ReadSite:
+    """One size's reads while its app and floor serve them."""
+
+    name: str
+    requests: ReadRequests
+
+
+@dataclass(frozen=True)
+class Servers:
+    """The processes serving one size: the app (WORKERS=1), the floor, and, for ingest, the
+    app with WORKERS=2."""
+
+    app_url: str
+    floor_url: str
+    workers_url: str = ""
     workers_pid: int = 0
 
 
 @contextlib.asynccontextmanager
 async def serving_size(server: str, size_name: str, plan: Plan, logs: Path) -> AsyncIterator[Site]:
-    """A scratch database filled with `size_name` and analyzed, the app and the floor on it."""
+    """A scratch database filled with `size_name` and analyzed, dropped at the end."""
     size = SIZES[size_name]
     long_messages = min(plan.long_thread_messages, size.messages // 4)
     async with scratch_database(server, "wa_inbox_suite") as url:
@@ -947,67 +974,99 @@ async def serving_size(server: str, size_name: str, plan: Plan, logs: Path) -> A
             "repeat": plan.repeat,
             "postgresql": version,
         }
-        env = {"DATABASE_URL": url, "AUTH_SECRET": AUTH_SECRET, "WHATSAPP_APP_SECRET": APP_SECRET}
         log_path = logs / f"{size_name}.log"
-        agent = issue_token(
-            AUTH_SECRET, user_id="bench", business_id=dataset.business_id, role=Role.AGENT
-        )
-        floor_env = {"FLOOR_DATABASE_URL": asyncpg_dsn(url), "FLOOR_POOL_SIZE": str(CLIENTS)}
-        # WORKERS set explicitly on both: the one-worker figures must not follow the
-        # environment `make bench` was started from.
-        workers_env = {**env, "WORKERS": "2"}
-        with (
-            process_serving("gql", {**env, "WORKERS": "1"}, log_path, ("serve",)) as (app_url, _),
-            process_serving("bench.floor", floor_env, log_path) as (floor_url, _),
-            process_serving("gql", workers_env, log_path, ("serve",)) as (workers_url, workers),
-        ):
-            requests = ReadRequests.build(
-                app_url, floor_url, agent, dataset.business_id, dataset.long_thread_id or 0
-            )
-            yield Site(size_name, url, dataset, requests, app_url, result, workers_url, workers.pid)
+        try:
+            yield Site(size_name, url, dataset, result, log_path)
+        except Exception:
+            # The servers' side of a failed measurement is only in this log, which goes with
+            # the scratch directory.
+            print(f"  [{size_name}] the servers' log ends:\n{_tail(log_path, 60)}", flush=True)
+            raise
         result["server_log_complaints"] = _complaints(log_path)
         for line in result["server_log_complaints"]:
             print(f"  [{size_name}] server log: {line}", flush=True)
 
 
+@contextlib.contextmanager
+def servers_for(site: Site, *, with_workers: bool) -> Iterator[Servers]:
+    """The app and the floor on `site`'s database; the app with WORKERS=2 too if asked."""
+    env = {
+        "DATABASE_URL": site.url,
+        "AUTH_SECRET": AUTH_SECRET,
+        "WHATSAPP_APP_SECRET": APP_SECRET,
+        # As many connections as the floor's, per process with WORKERS=2.
+        "DATABASE_POOL_SIZE": str(CLIENTS),
+    }
+    floor_env = {"FLOOR_DATABASE_URL": asyncpg_dsn(site.url), "FLOOR_POOL_SIZE": str(CLIENTS)}
+    with contextlib.ExitStack() as stack:
+        # WORKERS given to both apps: the one-worker figures must not follow the environment
+        # `make bench` was started from.
+        app_url, _ = stack.enter_context(
+            process_serving("gql", {**env, "WORKERS": "1"}, site.log_path, ("serve",))
+        )
+        floor_url, _ = stack.enter_context(process_serving("bench.floor", floor_env, site.log_path))
+        if not with_workers:
+            yield Servers(app_url, floor_url)
+            return
+        workers_url, workers = stack.enter_context(
+            process_serving("gql", {**env, "WORKERS": "2"}, site.log_path, ("serve",))
+        )
+        yield Servers(app_url, floor_url, workers_url, workers.pid)
+
+
+def read_site(site: Site, servers: Servers) -> ReadSite:
+    agent = issue_token(
+        AUTH_SECRET, user_id="bench", business_id=site.dataset.business_id, role=Role.AGENT
+    )
+    requests = ReadRequests.build(
+        servers.app_url,
+        servers.floor_url,
+        agent,
+        site.dataset.business_id,
+        site.dataset.long_thread_id or 0,
+    )
+    return ReadSite(site.name, requests)
+
+
 def serving_processes(pid: int) -> int:
     """How many processes serve as `pid`: its children when it has any (uvicorn's workers
-    under their supervisor), else itself."""
-    children: set[str] = set()
+    under their supervisor), else itself. Linux only; 1 where /proc cannot tell."""
+    workers = 0
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():
-            children.update((task / "children").read_text().split())
-    return len(children) or 1
+            for child in (task / "children").read_text().split():
+                # Spawning the workers also starts multiprocessing's resource tracker.
+                if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    workers += 1
+    return workers or 1
 
 
-async def measure_ingest_on(site: Site, messages: int) -> dict[str, Any]:
+async def measure_ingest_on(site: Site, servers: Servers, messages: int) -> dict[str, Any]:
     """Every way of ingesting against one size's app, its floor and its database, and the app
     with two workers."""
     business_id = site.dataset.business_id
     admin = issue_token(AUTH_SECRET, user_id="bench", business_id=business_id, role=Role.ADMIN)
     service = issue_token(AUTH_SECRET, user_id="bench", business_id=business_id, role=Role.SERVICE)
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with (
-        httpx.AsyncClient(base_url=site.app_url, timeout=REQUEST_TIMEOUT_S, limits=limits) as app,
-        contextlib.AsyncExitStack() as stack,
-    ):
-        pool = await asyncpg.create_pool(asyncpg_dsn(site.url), min_size=CLIENTS, max_size=CLIENTS)
-        assert pool is not None
-        stack.push_async_callback(pool.close)
+    async with httpx.AsyncClient(base_url=servers.app_url, timeout=REQUEST_TIMEOUT_S) as app:
         connected = await app.post(
             "/graphql",
             json={"query": CONNECT, "variables": {"id": PHONE_NUMBER_ID}},
             headers={"Authorization": f"Bearer {admin}"},
         )
         _check(connected)
+    pool = await asyncpg.create_pool(asyncpg_dsn(site.url), min_size=CLIENTS, max_size=CLIENTS)
+    assert pool is not None
+    try:
         return await measure_ingest(
             Ingest(business_id, service, pool),
             messages,
-            site.app_url,
-            site.requests.floor_url,
-            site.workers_url,
-            functools.partial(serving_processes, site.workers_pid),
+            servers.app_url,
+            servers.floor_url,
+            servers.workers_url,
+            functools.partial(serving_processes, servers.workers_pid),
         )
+    finally:
+        await pool.close()
 
 
 # --- report --------------------------------------------------------------------------------
@@ -1227,7 +1286,10 @@ def print_report(results: dict[str, Any]) -> None:
             line += f"  ({row['worker_processes']} serving processes)"
         print(line)
     for size in results["sizes"]:
-        ceiling = size["ingest"]["workers"]["client_ceiling"]
+        workers = size["ingest"]["workers"]
+        ratios = ", ".join(f"{ratio:.2f}" for ratio in workers["round_ratios"])
+        print(f"  [{size['size']}] WORKERS=2 / 1 worker, round by round: {ratios}")
+        ceiling = workers["client_ceiling"]
         print(
             f"  [{size['size']}] this process's client alone: {ceiling['requests_per_s']:,.0f} "
             f"req/s from {ceiling['clients']} connections to the floor's /healthz, "
@@ -1344,18 +1406,26 @@ async def run(plan: Plan) -> dict[str, Any]:
                 await stack.enter_async_context(serving_size(server, name, plan, Path(scratch)))
                 for name in plan.sizes
             ]
-            print(
-                f"reads: {plan.repeat} of each per side and size, interleaved across sides and "
-                "sizes",
-                flush=True,
-            )
-            reads = await measure_reads(sites, plan.repeat)
-            print(
-                f"reads: requests per second at {CLIENTS} clients, {plan.throughput_seconds:g} s "
-                "per read, side and size",
-                flush=True,
-            )
-            throughput = await measure_throughput(sites, plan.throughput_seconds)
+            # The reads of every size are measured while all of them are served; ingest then
+            # has servers of its own, one size at a time: every size's pools open at once,
+            # the app's with two workers too, would pass PostgreSQL's 100 connections.
+            with contextlib.ExitStack() as serving:
+                read_sites = [
+                    read_site(site, serving.enter_context(servers_for(site, with_workers=False)))
+                    for site in sites
+                ]
+                print(
+                    f"reads: {plan.repeat} of each per side and size, interleaved across sides "
+                    "and sizes",
+                    flush=True,
+                )
+                reads = await measure_reads(read_sites, plan.repeat)
+                print(
+                    f"reads: requests per second at {CLIENTS} clients, "
+                    f"{plan.throughput_seconds:g} s per read, side and size",
+                    flush=True,
+                )
+                throughput = await measure_throughput(read_sites, plan.throughput_seconds)
             for site in sites:
                 for name in READS:
                     reads[site.name][name]["throughput"] = throughput[site.name][name]
@@ -1366,10 +1436,13 @@ async def run(plan: Plan) -> dict[str, Any]:
                 )
                 print(
                     f"[{site.name}] ingest: {plan.ingest_messages} messages per way, "
-                    f"{CLIENTS} clients",
+                    f"{CLIENTS} clients ({WORKER_CLIENTS} for the workers)",
                     flush=True,
                 )
-                site.result["ingest"] = await measure_ingest_on(site, plan.ingest_messages)
+                with servers_for(site, with_workers=True) as servers:
+                    site.result["ingest"] = await measure_ingest_on(
+                        site, servers, plan.ingest_messages
+                    )
                 print(f"[{site.name}] profiling in-process", flush=True)
                 site.result["profile"] = await profile(site.url, site.dataset, plan.profile_repeat)
         sizes = [site.result for site in sites]
