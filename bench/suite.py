@@ -732,6 +732,40 @@ async def client_ceiling(floor_url: str, seconds: float) -> dict[str, Any]:
     }
 
 
+def _shape(value: Any) -> Any:
+    """The JSON shape of `value`: its keys, nested, and the types of its leaves."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return type(value).__name__
+
+
+async def same_ingest_answers(ways: dict[str, Way]) -> dict[str, bool]:
+    """Whether each HTTP floor answers its way's JSON in the shape the app does (a floor
+    answering less would flatter it), from one new message sent to each."""
+    agreement = {}
+    for name, floor_name in INGEST_HTTP_FLOOR.items():
+        shapes = []
+        for way in (ways[name], ways[floor_name]):
+            assert way.build is not None
+            assert way.url is not None
+            request = way.build()
+            connection = await Connection.open(way.url)
+            try:
+                answer = await connection.send(
+                    prepared_request(
+                        way.url, "POST", request.path, content=request.body, headers=request.headers
+                    )
+                )
+            finally:
+                await connection.close()
+            _stored(request, answer)
+            shapes.append(_shape(json.loads(answer)))
+        agreement[name] = shapes[0] == shapes[1]
+    return agreement
+
+
 async def measure_ingest(
     ingest: Ingest,
     messages: int,
@@ -743,6 +777,7 @@ async def measure_ingest(
     """Every way of ingesting in INGEST_ROUNDS rounds, the order reversed every round, so that
     app, floors and workers share whatever else the machine does in these minutes."""
     ways = _ways(ingest, app_url, floor_url, workers_url)
+    agreement = await same_ingest_answers(ways)
     for way in ways.values():  # warm-up: every connection of every pool in use once
         await _run_clients(ingest, way, way.clients, Run())
     runs = {name: Run() for name in ways}
@@ -769,6 +804,7 @@ async def measure_ingest(
             "app_over_http_floor_rate": round(rates[name] / rates[INGEST_HTTP_FLOOR[name]], 3),
             "compared_with": compared,
             "ratio": round(rates[name] / rates[compared], 3),
+            "same_answer_shape_as_http_floor": agreement[name],
         }
     results["workers"] = {
         "clients": WORKER_CLIENTS,
@@ -1115,6 +1151,7 @@ def _ingest_rows(size: dict[str, Any]) -> list[dict[str, Any]]:
                 ratio_is=kind,
                 target=target,
                 met=_met(figures["ratio"], target, higher),
+                same_answer_shape=figures["same_answer_shape_as_http_floor"],
             )
         )
     workers = ingest["workers"]
@@ -1284,6 +1321,8 @@ def print_report(results: dict[str, Any]) -> None:
             )
         if "worker_processes" in row:
             line += f"  ({row['worker_processes']} serving processes)"
+        if not row.get("same_answer_shape", True):
+            line += "  (answers differ from the HTTP floor's!)"
         print(line)
     for size in results["sizes"]:
         workers = size["ingest"]["workers"]

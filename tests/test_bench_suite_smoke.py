@@ -37,3 +37,6 @@ def test_benchmark_suite_smoke_run_writes_its_json_and_chart(tmp_path: Path) -> 
     # Issue 15's ingest table: every way beside its floors, and the app with two workers.
     ingest = {row["measurement"] for row in measured["summary"]["rows"] if "messages_per_s" in row}
     assert {"floor", "floor_http_mutation", "webhook_10", "workers_1", "workers_2"} <= ingest
+    shapes = [row for row in measured["summary"]["rows"] if "same_answer_shape" in row]
+    assert len(shapes) == 3
+    assert all(row["same_answer_shape"] for row in shapes), shapes
