@@ -88,6 +88,7 @@ PHONES = 300
 INGEST_ROUNDS = 4
 THROUGHPUT_ROUNDS = 2
 PROFILE_REQUESTS = 100
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PROFILE_INTERVAL_S = 0.001
 PROFILE_LINES = 10
 START_TIMEOUT_S = 120.0
@@ -631,19 +632,23 @@ def _stored(request: IngestRequest, answer: bytes) -> int:
 
 @dataclass(frozen=True)
 class Way:
-    """One way of ingesting as measured: its clients, and what one of them sends."""
+    """One way of ingesting as measured: its clients, what one of them sends, and where."""
 
     clients: int
     build: Callable[[], IngestRequest] | None  # None: Ingest.floor, on asyncpg
     url: str | None = None
+    pid: int | None = None  # the server's process, whose CPU is counted
 
 
 @dataclass
 class Run:
+    """One way's figures, summed over its rounds."""
+
     messages: int = 0
     requests: int = 0
     seconds: float = 0.0
     client_cpu_seconds: float = 0.0
+    server_cpu_seconds: float = 0.0
     latencies: list[float] = dataclasses.field(default_factory=list)
     round_rates: list[float] = dataclasses.field(default_factory=list)  # messages/s
 
@@ -677,11 +682,14 @@ async def _run_clients(ingest: Ingest, way: Way, requests: int, into: Run) -> No
     if way.url is not None:
         connections = [await Connection.open(way.url) for _ in range(way.clients)]
     try:
+        server_started = 0.0 if way.pid is None else process_cpu_seconds(way.pid)
         cpu_started, started, messages = time.process_time(), time.perf_counter(), into.messages
         await asyncio.gather(*(client(connection) for connection in connections))
         seconds = time.perf_counter() - started
         into.seconds += seconds
         into.client_cpu_seconds += time.process_time() - cpu_started
+        if way.pid is not None:
+            into.server_cpu_seconds += process_cpu_seconds(way.pid) - server_started
         into.round_rates.append((into.messages - messages) / seconds)
     finally:
         for connection in connections:
@@ -689,19 +697,37 @@ async def _run_clients(ingest: Ingest, way: Way, requests: int, into: Run) -> No
                 await connection.close()
 
 
-def _ways(ingest: Ingest, app_url: str, floor_url: str, workers_url: str) -> dict[str, Way]:
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU time of `pid` and its live descendants (Linux; 0 elsewhere)."""
+    total = 0.0
+    pending = [str(pid)]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            # Fields after the command's closing parenthesis start at field 3 (state):
+            # utime and stime are fields 14 and 15, in clock ticks.
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend((task / "children").read_text().split())
+    return total
+
+
+def _ways(ingest: Ingest, servers: "Servers") -> dict[str, Way]:
     mutation, floor_mutation = ingest.mutation, functools.partial(ingest.mutation, to_floor=True)
     one, ten = functools.partial(ingest.webhook, 1), functools.partial(ingest.webhook, 10)
+    app, floor = (servers.app_url, servers.app_pid), (servers.floor_url, servers.floor_pid)
+    workers = (servers.workers_url, servers.workers_pid)
     return {
         "floor": Way(CLIENTS, None),
-        "floor_http_mutation": Way(CLIENTS, floor_mutation, floor_url),
-        "floor_http_webhook_1": Way(CLIENTS, one, floor_url),
-        "floor_http_webhook_10": Way(CLIENTS, ten, floor_url),
-        "ingest_mutation": Way(CLIENTS, mutation, app_url),
-        "webhook_1": Way(CLIENTS, one, app_url),
-        "webhook_10": Way(CLIENTS, ten, app_url),
-        "workers_1": Way(WORKER_CLIENTS, mutation, app_url),
-        "workers_2": Way(WORKER_CLIENTS, mutation, workers_url),
+        "floor_http_mutation": Way(CLIENTS, floor_mutation, *floor),
+        "floor_http_webhook_1": Way(CLIENTS, one, *floor),
+        "floor_http_webhook_10": Way(CLIENTS, ten, *floor),
+        "ingest_mutation": Way(CLIENTS, mutation, *app),
+        "webhook_1": Way(CLIENTS, one, *app),
+        "webhook_10": Way(CLIENTS, ten, *app),
+        "workers_1": Way(WORKER_CLIENTS, mutation, *app),
+        "workers_2": Way(WORKER_CLIENTS, mutation, *workers),
     }
 
 
@@ -713,6 +739,9 @@ def _figures(run: Run, clients: int) -> dict[str, Any]:
         "request": _summary(run.latencies),
     }
     figures["client_cpu_ms_per_request"] = round(run.client_cpu_seconds / run.requests * 1000, 3)
+    figures["server_cpu_ms_per_message"] = round(run.server_cpu_seconds / run.messages * 1000, 3)
+    # How many cores the server kept busy: near 1.0 for one process means it is CPU-bound.
+    figures["server_cores_busy"] = round(run.server_cpu_seconds / run.seconds, 2)
     figures["round_messages_per_s"] = [round(rate, 1) for rate in run.round_rates]
     return figures
 
@@ -766,17 +795,10 @@ async def same_ingest_answers(ways: dict[str, Way]) -> dict[str, bool]:
     return agreement
 
 
-async def measure_ingest(
-    ingest: Ingest,
-    messages: int,
-    app_url: str,
-    floor_url: str,
-    workers_url: str,
-    worker_processes: Callable[[], int],
-) -> dict[str, Any]:
+async def measure_ingest(ingest: Ingest, messages: int, servers: "Servers") -> dict[str, Any]:
     """Every way of ingesting in INGEST_ROUNDS rounds, the order reversed every round, so that
     app, floors and workers share whatever else the machine does in these minutes."""
-    ways = _ways(ingest, app_url, floor_url, workers_url)
+    ways = _ways(ingest, servers)
     agreement = await same_ingest_answers(ways)
     for way in ways.values():  # warm-up: every connection of every pool in use once
         await _run_clients(ingest, way, way.clients, Run())
@@ -790,7 +812,9 @@ async def measure_ingest(
             per_request = 10 if name.endswith("webhook_10") else 1
             await _run_clients(ingest, way, max(1, per_round // per_request), runs[name])
     figures = {name: _figures(runs[name], way.clients) for name, way in ways.items()}
-    del figures["floor"]["client_cpu_ms_per_request"]  # the asyncpg floor runs in this process
+    # The asyncpg floor runs in this process: no client apart from its server.
+    for key in ("client_cpu_ms_per_request", "server_cpu_ms_per_message", "server_cores_busy"):
+        del figures["floor"][key]
     results: dict[str, Any] = {"clients": CLIENTS, "phones": PHONES}
     for name in INGEST_FLOORS:
         results[name] = figures[name]
@@ -808,7 +832,7 @@ async def measure_ingest(
         }
     results["workers"] = {
         "clients": WORKER_CLIENTS,
-        "worker_processes": worker_processes(),
+        "worker_processes": serving_processes(servers.workers_pid),
         "one_worker": figures["workers_1"],
         "two_workers": figures["workers_2"],
         "ratio": round(rates["workers_2"] / rates["workers_1"], 3),
@@ -820,7 +844,7 @@ async def measure_ingest(
                 runs["workers_1"].round_rates, runs["workers_2"].round_rates, strict=True
             )
         ],
-        "client_ceiling": await client_ceiling(floor_url, 1.0),
+        "client_ceiling": await client_ceiling(servers.floor_url, 1.0),
     }
     return results
 
@@ -975,7 +999,9 @@ class Servers:
     app with WORKERS=2."""
 
     app_url: str
+    app_pid: int
     floor_url: str
+    floor_pid: int
     workers_url: str = ""
     workers_pid: int = 0
 
@@ -1037,17 +1063,19 @@ def servers_for(site: Site, *, with_workers: bool) -> Iterator[Servers]:
     with contextlib.ExitStack() as stack:
         # WORKERS given to both apps: the one-worker figures must not follow the environment
         # `make bench` was started from.
-        app_url, _ = stack.enter_context(
+        app_url, app = stack.enter_context(
             process_serving("gql", {**env, "WORKERS": "1"}, site.log_path, ("serve",))
         )
-        floor_url, _ = stack.enter_context(process_serving("bench.floor", floor_env, site.log_path))
+        floor_url, floor = stack.enter_context(
+            process_serving("bench.floor", floor_env, site.log_path)
+        )
         if not with_workers:
-            yield Servers(app_url, floor_url)
+            yield Servers(app_url, app.pid, floor_url, floor.pid)
             return
         workers_url, workers = stack.enter_context(
             process_serving("gql", {**env, "WORKERS": "2"}, site.log_path, ("serve",))
         )
-        yield Servers(app_url, floor_url, workers_url, workers.pid)
+        yield Servers(app_url, app.pid, floor_url, floor.pid, workers_url, workers.pid)
 
 
 def read_site(site: Site, servers: Servers) -> ReadSite:
@@ -1093,14 +1121,7 @@ async def measure_ingest_on(site: Site, servers: Servers, messages: int) -> dict
     pool = await asyncpg.create_pool(asyncpg_dsn(site.url), min_size=CLIENTS, max_size=CLIENTS)
     assert pool is not None
     try:
-        return await measure_ingest(
-            Ingest(business_id, service, pool),
-            messages,
-            servers.app_url,
-            servers.floor_url,
-            servers.workers_url,
-            functools.partial(serving_processes, servers.workers_pid),
-        )
+        return await measure_ingest(Ingest(business_id, service, pool), messages, servers)
     finally:
         await pool.close()
 
@@ -1128,6 +1149,8 @@ def _ingest_rows(size: dict[str, Any]) -> list[dict[str, Any]]:
             "p50_request_ms": figures["request"]["median_ms"],
             "p99_request_ms": figures["request"]["p99_ms"],
             "client_cpu_ms_per_request": figures.get("client_cpu_ms_per_request"),
+            "server_cpu_ms_per_message": figures.get("server_cpu_ms_per_message"),
+            "server_cores_busy": figures.get("server_cores_busy"),
             **more,
         }
 
@@ -1300,18 +1323,23 @@ def print_report(results: dict[str, Any]) -> None:
         )
     print(
         f"\n{'ingest':<23}{'size':<7}{'clients':>7}{'msg/s':>8}{'req p50/p99 ms':>16}"
-        f"{'client CPU ms/req':>18}  {'compared with':<23}{'its msg/s':>9}{'ratio':>7}"
-        f"{'target':>7}{'met':>5}"
+        f"{'server CPU ms/msg, cores':>26}{'client CPU ms/req':>18}  {'compared with':<23}"
+        f"{'its msg/s':>9}{'ratio':>7}{'target':>7}{'met':>5}"
     )
     for row in summary["rows"]:
         if "messages_per_s" not in row:
             continue
         cpu = row["client_cpu_ms_per_request"]
+        server = (
+            "-"
+            if row["server_cpu_ms_per_message"] is None
+            else f"{row['server_cpu_ms_per_message']:.2f}, {row['server_cores_busy']:.2f}"
+        )
         line = (
             f"{INGEST_LABELS.get(row['measurement'], row['measurement']):<23}{row['size']:<7}"
             f"{row['clients']:>7}{row['messages_per_s']:>8.0f}"
             f"{row['p50_request_ms']:>8.1f} /{row['p99_request_ms']:>6.1f}"
-            f"{'-' if cpu is None else f'{cpu:.3f}':>18}"
+            f"{server:>26}{'-' if cpu is None else f'{cpu:.3f}':>18}"
         )
         if "ratio" in row:
             line += (
