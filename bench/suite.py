@@ -27,8 +27,9 @@ client's own cost stays small):
    and with 10, each vs its HTTP floor (bench/floor.py receiving the same JSON) and vs the
    asyncpg floor (the two INSERT ... ON CONFLICT statements in one transaction per message on
    16 asyncpg connections of this process); and `ingestMessage` at 32 clients against the app
-   with one worker and with two; every way in the same interleaved rounds, the client's own
-   CPU per request recorded, and its ceiling against the floor's /healthz;
+   with one worker and with two; every way in the same interleaved rounds, each server's CPU
+   per message and this client's per request recorded, and its ceiling against the floor's
+   /healthz;
 6. growth: each read's median at the largest size over its median at the smallest.
 
 Then a profile: the same requests in-process (httpx's ASGI transport) with every SQL statement
@@ -88,11 +89,11 @@ PHONES = 300
 INGEST_ROUNDS = 4
 THROUGHPUT_ROUNDS = 2
 PROFILE_REQUESTS = 100
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 PROFILE_INTERVAL_S = 0.001
 PROFILE_LINES = 10
 START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 60.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc's CPU unit
 
 BADGE = "{ unreadCount }"
 THREADS = """
