@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -89,6 +90,7 @@ PHONES = 300
 INGEST_ROUNDS = 4
 THROUGHPUT_ROUNDS = 2
 PROFILE_REQUESTS = 100
+DATABASE_SAMPLE_INTERVAL_S = 0.02
 PROFILE_INTERVAL_S = 0.001
 PROFILE_LINES = 10
 START_TIMEOUT_S = 120.0
@@ -123,6 +125,20 @@ SELECT count(*) FILTER (WHERE m.direction = 'in' AND NOT m.historical AND m.stat
 FROM whatsapp_message m JOIN whatsapp_conversation c ON c.id = m.conversation_id
 WHERE c.business_id = $1
 """
+# What the measured database's connections are doing, sampled while each way of ingesting
+# runs: `active: running` is on a CPU, `active: Lock:...` waits for another transaction,
+# `active: IO:WALSync` or `LWLock:WALWrite` for a commit's flush, `idle in transaction:
+# Client:ClientRead` for its client between statements. The pools' idle connections, the
+# sampler's own and autovacuum are left out.
+DATABASE_WAITS_SQL = """
+SELECT state || ': ' || coalesce(wait_event_type || ':' || wait_event, 'running') AS doing,
+       count(*) AS connections
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid() AND state <> 'idle'
+GROUP BY 1
+"""
+
 READS = ("unread_badge", "thread_list", "thread_end")
 INGESTS = ("ingest_mutation", "webhook_1", "webhook_10")
 # The floors of ingest (bench/floor.py's two statements per message): straight on asyncpg in
@@ -650,12 +666,28 @@ class Run:
     seconds: float = 0.0
     client_cpu_seconds: float = 0.0
     server_cpu_seconds: float = 0.0
+    # The database's connections by what they were doing, summed over samples.
+    database_waits: Counter[str] = dataclasses.field(default_factory=Counter)
+    database_samples: int = 0
     latencies: list[float] = dataclasses.field(default_factory=list)
     round_rates: list[float] = dataclasses.field(default_factory=list)  # messages/s
 
 
-async def _run_clients(ingest: Ingest, way: Way, requests: int, into: Run) -> None:
-    """`requests` sent by the way's concurrent clients, added to `into`."""
+async def _sample_database(observer: asyncpg.Connection, into: Run, stop: asyncio.Event) -> None:
+    """What the database's connections do, every DATABASE_SAMPLE_INTERVAL_S until `stop`."""
+    while not stop.is_set():
+        for doing, connections in await observer.fetch(DATABASE_WAITS_SQL):
+            into.database_waits[doing] += connections
+        into.database_samples += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DATABASE_SAMPLE_INTERVAL_S)
+
+
+async def _run_clients(
+    ingest: Ingest, way: Way, requests: int, into: Run, observer: asyncpg.Connection | None = None
+) -> None:
+    """`requests` sent by the way's concurrent clients, added to `into`; the database's
+    connections sampled on `observer` meanwhile."""
     issued = 0
 
     async def client(connection: Connection | None) -> None:
@@ -684,9 +716,20 @@ async def _run_clients(ingest: Ingest, way: Way, requests: int, into: Run) -> No
         connections = [await Connection.open(way.url) for _ in range(way.clients)]
     try:
         server_started = 0.0 if way.pid is None else process_cpu_seconds(way.pid)
+        stop = asyncio.Event()
+        sampler = (
+            None
+            if observer is None
+            else asyncio.create_task(_sample_database(observer, into, stop))
+        )
         cpu_started, started, messages = time.process_time(), time.perf_counter(), into.messages
-        await asyncio.gather(*(client(connection) for connection in connections))
-        seconds = time.perf_counter() - started
+        try:
+            await asyncio.gather(*(client(connection) for connection in connections))
+        finally:
+            seconds = time.perf_counter() - started
+            stop.set()
+            if sampler is not None:
+                await sampler
         into.seconds += seconds
         into.client_cpu_seconds += time.process_time() - cpu_started
         if way.pid is not None:
@@ -744,6 +787,11 @@ def _figures(run: Run, clients: int) -> dict[str, Any]:
     # How many cores the server kept busy: near 1.0 for one process means it is CPU-bound.
     figures["server_cores_busy"] = round(run.server_cpu_seconds / run.seconds, 2)
     figures["round_messages_per_s"] = [round(rate, 1) for rate in run.round_rates]
+    if run.database_samples:
+        figures["database_connections"] = {
+            doing: round(count / run.database_samples, 2)
+            for doing, count in run.database_waits.most_common()
+        }
     return figures
 
 
@@ -796,7 +844,9 @@ async def same_ingest_answers(ways: dict[str, Way]) -> dict[str, bool]:
     return agreement
 
 
-async def measure_ingest(ingest: Ingest, messages: int, servers: "Servers") -> dict[str, Any]:
+async def measure_ingest(
+    ingest: Ingest, messages: int, servers: "Servers", observer: asyncpg.Connection
+) -> dict[str, Any]:
     """Every way of ingesting in INGEST_ROUNDS rounds, the order reversed every round, so that
     app, floors and workers share whatever else the machine does in these minutes."""
     ways = _ways(ingest, servers)
@@ -811,7 +861,8 @@ async def measure_ingest(ingest: Ingest, messages: int, servers: "Servers") -> d
             order.reverse()
         for name, way in order:
             per_request = 10 if name.endswith("webhook_10") else 1
-            await _run_clients(ingest, way, max(1, per_round // per_request), runs[name])
+            requests = max(1, per_round // per_request)
+            await _run_clients(ingest, way, requests, runs[name], observer)
     figures = {name: _figures(runs[name], way.clients) for name, way in ways.items()}
     # The asyncpg floor runs in this process: no client apart from its server.
     for key in ("client_cpu_ms_per_request", "server_cpu_ms_per_message", "server_cores_busy"):
@@ -1121,9 +1172,11 @@ async def measure_ingest_on(site: Site, servers: Servers, messages: int) -> dict
         _check(connected)
     pool = await asyncpg.create_pool(asyncpg_dsn(site.url), min_size=CLIENTS, max_size=CLIENTS)
     assert pool is not None
+    observer = await asyncpg.connect(asyncpg_dsn(site.url))
     try:
-        return await measure_ingest(Ingest(business_id, service, pool), messages, servers)
+        return await measure_ingest(Ingest(business_id, service, pool), messages, servers, observer)
     finally:
+        await observer.close()
         await pool.close()
 
 
@@ -1363,6 +1416,24 @@ def print_report(results: dict[str, Any]) -> None:
             f"req/s from {ceiling['clients']} connections to the floor's /healthz, "
             f"{ceiling['client_cpu_ms_per_request']:.3f} ms of its CPU per request"
         )
+    print(
+        "\nthe database's connections while each way ran: how many on average were doing what"
+        f" (pg_stat_activity every {DATABASE_SAMPLE_INTERVAL_S * 1000:g} ms; idle ones left out)"
+    )
+    for size in results["sizes"]:
+        ingest = size["ingest"]
+        measured = {
+            **{name: ingest[name] for name in (*INGEST_FLOORS, *INGESTS)},
+            "workers_1": ingest["workers"]["one_worker"],
+            "workers_2": ingest["workers"]["two_workers"],
+        }
+        for name, figures in measured.items():
+            connections = figures.get("database_connections", {})
+            doing = ", ".join(f"{what} {count:.1f}" for what, count in connections.items())
+            print(
+                f"{INGEST_LABELS.get(name, name):<23}{size['size']:<7}"
+                f"{sum(connections.values()):>5.1f}  {doing}"
+            )
     if summary["growth"]:
         print(
             f"\n{'growth':<14}{'sizes':<16}{'app over HTTP':>14}{'target':>8}{'met':>5}"
