@@ -1,7 +1,7 @@
 """Database failures classified by what the caller can do about them."""
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 SERIALIZATION_FAILURE = "40001"
 DEADLOCK_DETECTED = "40P01"
@@ -17,6 +17,16 @@ DRIVER_DISCONNECTS = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
+)
+
+# Storage itself failing (an outage, a timeout, a statement refused), through SQLAlchemy or on
+# asyncpg directly (the hot reads and the one-statement ingest): the caller may retry later.
+STORAGE_FAILURES = (
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    *DRIVER_DISCONNECTS,
+    OSError,
+    TimeoutError,
 )
 
 

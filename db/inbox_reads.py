@@ -20,7 +20,7 @@ from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.tables import conversations, messages
-from db.unit_of_work import READ_CONNECTION
+from db.unit_of_work import READ_CONNECTION, DriverStatements
 
 
 def _columns(table: Table, alias: str) -> str:
@@ -31,32 +31,11 @@ _CONVERSATION_COLUMNS = _columns(conversations, "c")
 _MESSAGE_COLUMNS = _columns(messages, "m")
 
 
-class _Reader:
-    """Runs fixed SQL on the session's asyncpg connection, inside the unit of work's
-    transaction; the engine's cursor events still see every statement (the tests' statement
-    counts, the benchmark's time in SQL)."""
-
-    __slots__ = ("_connection", "_driver")
-
-    def __init__(self, connection: Any, driver: Any) -> None:
-        self._connection = connection
-        self._driver = driver
-
-    async def fetch(self, sql: str, *arguments: Any) -> list[Any]:
-        dispatch = self._connection.dispatch
-        if not dispatch.before_cursor_execute and not dispatch.after_cursor_execute:
-            return list(await self._driver.fetch(sql, *arguments))
-        dispatch.before_cursor_execute(self._connection, None, sql, arguments, None, False)
-        rows = list(await self._driver.fetch(sql, *arguments))
-        dispatch.after_cursor_execute(self._connection, None, sql, arguments, None, False)
-        return rows
-
-
-async def _driver(session: AsyncSession) -> _Reader:
+async def _driver(session: AsyncSession) -> DriverStatements:
     """The session's connection, checked to be inside the unit of work's transaction."""
     known = session.info.get(READ_CONNECTION)
     if known is not None:
-        return _Reader(*known)
+        return DriverStatements(*known)
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
@@ -64,7 +43,7 @@ async def _driver(session: AsyncSession) -> _Reader:
         # Row-level security reads its setting from the transaction (db/unit_of_work.py
         # enter_business): a read outside one would see nothing, silently.
         raise RuntimeError("inbox reads run inside a unit of work's transaction")
-    return _Reader(connection.sync_connection, driver)
+    return DriverStatements(connection.sync_connection, driver)
 
 
 @cache

@@ -596,19 +596,6 @@ async def businesses_of_phone_number_ids(
     return {phone_number_id: business_id for phone_number_id, business_id in result.all()}
 
 
-async def stored_provider_ids(
-    session: AsyncSession, business_id: int, provider_message_ids: Sequence[str]
-) -> set[str]:
-    """Which of these provider message ids the business has stored already."""
-    result = await session.execute(
-        select(messages.c.provider_message_id).where(
-            messages.c.business_id == business_id,
-            messages.c.provider_message_id.in_(provider_message_ids),
-        )
-    )
-    return {provider_message_id for (provider_message_id,) in result.all()}
-
-
 async def record_webhook_rejection(
     session: AsyncSession,
     *,

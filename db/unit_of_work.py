@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -74,6 +75,78 @@ async def run_unit_of_work(
                 raise
             log.warning(
                 "[WA-SESSION] unit of work failed (%s), retrying (attempt %d of %d)",
+                type(error).__name__,
+                attempt + 1,
+                attempts,
+            )
+            await asyncio.sleep(base_delay_s * (2 ** (attempt - 1)) * (1 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class DriverStatements:
+    """Runs fixed SQL on a unit of work's asyncpg connection; the engine's cursor events still
+    see every statement (the tests' statement counts, the benchmark's time in SQL)."""
+
+    __slots__ = ("_connection", "_driver")
+
+    def __init__(self, connection: Any, driver: Any) -> None:
+        self._connection = connection
+        self._driver = driver
+
+    async def fetch(self, sql: str, *arguments: Any) -> list[Any]:
+        dispatch = self._connection.dispatch
+        if not dispatch.before_cursor_execute and not dispatch.after_cursor_execute:
+            return list(await self._driver.fetch(sql, *arguments))
+        dispatch.before_cursor_execute(self._connection, None, sql, arguments, None, False)
+        rows = list(await self._driver.fetch(sql, *arguments))
+        dispatch.after_cursor_execute(self._connection, None, sql, arguments, None, False)
+        return rows
+
+
+async def run_statement(
+    sessions: Sessions,
+    work: Callable[[DriverStatements], Awaitable[T]],
+    *,
+    repeatable_after_lost_connection: bool,
+    attempts: int = 3,
+    base_delay_s: float = 0.02,
+) -> T:
+    """Run `work`, one statement, as a whole unit of work: in autocommit, so the statement is
+    its own transaction and its answer arrives after its commit, in one round trip where a
+    unit_of_work needs four (BEGIN, the business setting, the statement, COMMIT).
+
+    The statement must scope itself to its business (row-level security) and be atomic; db/
+    message_ingest.py's function is. It is repeated after a serialization failure or a
+    deadlock (rolled back whole). A connection lost while it ran leaves the outcome unknown,
+    as a lost COMMIT does: it is repeated only when the caller says repeating is harmless
+    (`repeatable_after_lost_connection`: a message with a provider id is stored once however
+    often it is sent).
+    """
+    engine: AsyncEngine = sessions.kw["bind"]
+    for attempt in range(1, attempts + 1):
+        try:
+            async with engine.connect() as connection:
+                await connection.execution_options(isolation_level="AUTOCOMMIT")
+                driver = (await connection.get_raw_connection()).driver_connection
+                try:
+                    return await work(DriverStatements(connection.sync_connection, driver))
+                except asyncpg.PostgresError:
+                    raise  # the server refused the statement: the connection is fine
+                except BaseException:
+                    # Lost, or cancelled mid-statement: asyncpg may not be able to go on
+                    # with this connection, so it is never pooled again.
+                    await connection.invalidate()
+                    raise
+        except Exception as error:
+            lost = is_retryable(error) and not is_retryable(error, during_commit=True)
+            if (
+                attempt == attempts
+                or not is_retryable(error)
+                or (lost and not repeatable_after_lost_connection)
+            ):
+                raise
+            log.warning(
+                "[WA-SESSION] statement failed (%s), retrying (attempt %d of %d)",
                 type(error).__name__,
                 attempt + 1,
                 attempts,

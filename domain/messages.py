@@ -6,7 +6,9 @@ inserted by `INSERT ... ON CONFLICT DO NOTHING`; the database settles every race
 concurrent deliveries.
 """
 
+import functools
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +16,9 @@ from typing import Any
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import inbox_reads, statements
+from db import inbox_reads, message_ingest, statements
 from db.errors import MissingConflictTarget
-from db.unit_of_work import Sessions, run_unit_of_work
+from db.unit_of_work import Sessions, run_statement, run_unit_of_work
 from domain.canonical_keys import normalize_lead_id
 from domain.customer_identities import CustomerNames, ThreadTouch, settle_customer_thread
 from domain.errors import BadInput
@@ -81,7 +83,7 @@ class IngestOutcome:
 
 
 @dataclass(frozen=True)
-class _CheckedMessage:
+class CheckedMessage:
     business_id: int
     names: CustomerNames
     direction: Direction
@@ -100,12 +102,41 @@ class _CheckedMessage:
     forwarded: bool
     referral: Any
 
+    @property
+    def to_store(self) -> message_ingest.MessageToStore:
+        """The message as the one-statement store takes it (db/message_ingest.py)."""
+        names = self.names
+        return message_ingest.MessageToStore(
+            keys=names.keys,
+            earlier_keys=sorted(names.earlier_keys),
+            phone=names.phones[0] if names.phones else None,
+            lead_id=names.lead_id,
+            from_customer=self.direction is Direction.INBOUND,
+            reopen=self.counts_unread,
+            contact_name=self.contact.name,
+            wa_user_id=self.contact.wa_user_id,
+            unread_delta=1 if self.counts_unread else 0,
+            provider_message_id=self.provider_message_id,
+            direction=self.direction.value,
+            source=self.source.value,
+            status=self.status.value,
+            body=self.body,
+            sent_at=self.sent_at,
+            historical=self.historical,
+            message_type=self.message_type,
+            media_id=self.media_id,
+            provider_payload=self.provider_payload,
+            reply_to_provider_id=self.reply_to_provider_id,
+            forwarded=self.forwarded,
+            referral=self.referral,
+        )
+
 
 class _ProviderIdTaken(Exception):
     """A concurrent delivery of the same provider id committed first."""
 
 
-def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> _CheckedMessage:
+def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> CheckedMessage:
     """Apply every input rule before touching the database, so bad input stores nothing."""
     customer_side = incoming.source is Source.CUSTOMER
     if customer_side != (incoming.direction is Direction.INBOUND):
@@ -152,7 +183,7 @@ def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> 
         status = MessageStatus.RECEIVED
     else:
         status = MessageStatus.SENT if provider_message_id else MessageStatus.PENDING
-    return _CheckedMessage(
+    return CheckedMessage(
         business_id=business_id,
         names=CustomerNames(
             business_id,
@@ -208,29 +239,136 @@ async def ingest_message(
 ) -> IngestOutcome:
     """Store `incoming` in its thread once, however often and concurrently it is delivered."""
     message = _check(business_id, incoming, default_region)
+    [outcome] = await store_checked_messages(sessions, business_id, [message], metrics=metrics)
+    if isinstance(outcome, BadInput):
+        raise outcome
+    return outcome
+
+
+def check_message(
+    business_id: int, incoming: IncomingMessage, *, default_region: str
+) -> CheckedMessage:
+    """Every input rule applied, nothing stored: BadInput for a message that breaks one."""
+    return _check(business_id, incoming, default_region)
+
+
+async def store_checked_messages(
+    sessions: Sessions,
+    business_id: int,
+    checked: Sequence[CheckedMessage],
+    *,
+    metrics: InboxMetrics,
+    on_outcome: Callable[[CheckedMessage, IngestOutcome | BadInput], None] | None = None,
+) -> list[IngestOutcome | BadInput]:
+    """Store checked messages of one business in order, each once, in as few statements as
+    their threads allow: one for all of them when every thread is settled or new
+    (db/message_ingest.py), and a round of the general path for each message that must link,
+    merge or re-key threads, or meets a status or revision that came first.
+
+    A message the general path refuses (BadInput) is answered as refused; the rest go on.
+    `on_outcome` hears of each message once it is committed, so the caller can announce it
+    even when a later one fails: those stay stored, and a redelivery finds them so.
+    """
+    outcomes: list[IngestOutcome | BadInput] = []
+
+    def settled(message: CheckedMessage, outcome: IngestOutcome | BadInput) -> None:
+        outcomes.append(outcome)
+        _log_outcome(message, outcome, metrics)
+        if on_outcome is not None:
+            on_outcome(message, outcome)
+
+    serialized = False
+    taken = 0
+    while len(outcomes) < len(checked):
+        rest = checked[len(outcomes) :]
+        if serialized:
+            settled(rest[0], await _store_by_rules(sessions, rest[0], metrics, serialized=True))
+            continue
+        try:
+            rows = await run_statement(
+                sessions,
+                functools.partial(
+                    message_ingest.store_messages,
+                    business_id=business_id,
+                    messages=[message.to_store for message in rest],
+                ),
+                repeatable_after_lost_connection=all(m.provider_message_id for m in rest),
+            )
+        except MissingConflictTarget as failure:
+            # The seed incident: an ON CONFLICT target without its unique constraint. The
+            # statement was rolled back whole; everything left goes the serialized way.
+            _log_serialized_fallback(metrics, failure, rest[0])
+            serialized = True
+            continue
+        except message_ingest.ProviderIdTaken:
+            taken += 1
+            if taken > 3:
+                raise RuntimeError("provider ids kept being stored without their lock") from None
+            continue
+        if not rows:
+            raise RuntimeError("the message store answered nothing")
+        for message, row in zip(rest, rows, strict=False):  # rows end at the first SLOW one
+            if row.outcome is message_ingest.Outcome.SLOW:
+                settled(message, await _store_by_rules(sessions, message, metrics))
+                break
+            settled(message, _outcome_of(message, row))
+    return outcomes
+
+
+def _outcome_of(message: CheckedMessage, row: message_ingest.StoredRow) -> IngestOutcome:
+    stored = Message.from_row(row.message)
+    thread = Thread.from_row(row.conversation)
+    if row.outcome is message_ingest.Outcome.DUPLICATE:
+        return IngestOutcome(stored, thread, duplicate=True)
+    event = MessageStored(
+        message.business_id, stored.thread_id, stored.id, changes_unread=message.counts_unread
+    )
+    return IngestOutcome(stored, thread, duplicate=False, event=event)
+
+
+async def _store_by_rules(
+    sessions: Sessions, message: CheckedMessage, metrics: InboxMetrics, *, serialized: bool = False
+) -> IngestOutcome | BadInput:
+    """The general path: every rule of domain/customer_identities.py, statement by statement."""
     try:
-        outcome = await _store_once(sessions, message, serialized=False)
-    except MissingConflictTarget as failure:
-        # The seed incident: an ON CONFLICT target without its unique constraint. The failed
-        # transaction is gone with its unit of work; the retry starts a fresh one.
-        metrics.conversation_upsert_failures += 1
-        metrics.serialized_fallbacks += 1
-        log.error(
-            "[WA-SESSION] %s failed for business_id=%s canonical_key=%s provider_message_id=%s: "
-            "retrying once in a fresh transaction through the serialized fallback",
-            failure.statement_name,
-            business_id,
-            message.names.preferred_key,
-            message.provider_message_id,
-        )
-        outcome = await _store_once(sessions, message, serialized=True)
+        if serialized:
+            return await _store_once(sessions, message, serialized=True)
+        try:
+            return await _store_once(sessions, message, serialized=False)
+        except MissingConflictTarget as failure:
+            _log_serialized_fallback(metrics, failure, message)
+            return await _store_once(sessions, message, serialized=True)
+    except BadInput as refused:
+        return refused
+
+
+def _log_serialized_fallback(
+    metrics: InboxMetrics, failure: MissingConflictTarget, message: CheckedMessage
+) -> None:
+    metrics.conversation_upsert_failures += 1
+    metrics.serialized_fallbacks += 1
+    log.error(
+        "[WA-SESSION] %s failed for business_id=%s canonical_key=%s provider_message_id=%s: "
+        "retrying once in a fresh transaction through the serialized fallback",
+        failure.statement_name,
+        message.business_id,
+        message.names.preferred_key,
+        message.provider_message_id,
+    )
+
+
+def _log_outcome(
+    message: CheckedMessage, outcome: IngestOutcome | BadInput, metrics: InboxMetrics
+) -> None:
+    if isinstance(outcome, BadInput):
+        return  # the caller reports it (an error to the client, a rejected webhook part)
     if outcome.duplicate:
         metrics.duplicates_skipped += 1
         log.info(
             "[WA-DEDUPE] provider_message_id=%s already stored for business_id=%s "
             "(message_id=%s thread_id=%s): skipped",
             message.provider_message_id,
-            business_id,
+            message.business_id,
             outcome.message.id,
             outcome.thread.id,
         )
@@ -241,14 +379,13 @@ async def ingest_message(
             "provider_message_id=%s",
             outcome.message.id,
             outcome.thread.id,
-            business_id,
+            message.business_id,
             message.provider_message_id,
         )
-    return outcome
 
 
 async def _store_once(
-    sessions: Sessions, message: _CheckedMessage, *, serialized: bool
+    sessions: Sessions, message: CheckedMessage, *, serialized: bool
 ) -> IngestOutcome:
     for _ in range(3):
         try:
@@ -270,7 +407,7 @@ async def _store_once(
     raise RuntimeError(f"provider id {message.provider_message_id!r} kept changing hands")
 
 
-async def _find_duplicate(session: AsyncSession, message: _CheckedMessage) -> IngestOutcome | None:
+async def _find_duplicate(session: AsyncSession, message: CheckedMessage) -> IngestOutcome | None:
     if message.provider_message_id is None:
         return None
     row = await statements.find_message_by_provider_id(
@@ -286,7 +423,7 @@ async def _find_duplicate(session: AsyncSession, message: _CheckedMessage) -> In
 
 
 async def _store(
-    session: AsyncSession, message: _CheckedMessage, *, serialized: bool
+    session: AsyncSession, message: CheckedMessage, *, serialized: bool
 ) -> IngestOutcome:
     # Redeliveries are the common case for webhooks: answer them without writing.
     duplicate = await _find_duplicate(session, message)

@@ -1,5 +1,7 @@
 """Phone numbers in E.164, the one spelling a customer's number has in canonical keys."""
 
+import functools
+
 import phonenumbers
 
 from domain.errors import BadInput
@@ -9,6 +11,7 @@ _MAX_INPUT_LENGTH = 64
 _MAX_E164_LENGTH = 16  # "+" and at most 15 digits (ITU-T E.164)
 
 
+@functools.lru_cache(maxsize=16_384)
 def normalize_phone(raw: str, default_region: str) -> str:
     """Return `raw` as E.164 ("+972507654321"), or raise BadInput.
 
@@ -18,6 +21,9 @@ def normalize_phone(raw: str, default_region: str) -> str:
     first; failing that, the first possible one. Only impossible numbers are rejected:
     `is_valid_number` lags real allocations (it refuses "+972501234567", a shape WhatsApp
     delivers), and dropping a customer's message is worse than storing an unusual number.
+
+    Remembered per spelling (a refusal is an exception, never remembered): the same customers
+    write all day, and parsing a number costs more than storing the message.
     """
     text = raw.strip()
     if not text or len(text) > _MAX_INPUT_LENGTH or not is_storable(text):

@@ -1,10 +1,11 @@
 """Storing a WhatsApp webhook delivery: every message exactly once, every status forward.
 
-Each message is its own unit of work (through `ingest_message`, the same rules as the GraphQL
-mutation), so a failure loses at most the message in hand, and a redelivery of the whole batch
-stores only what is missing. A storage failure propagates: the entry point answers 5xx and
-WhatsApp retries the delivery. A message that breaks a rule is recorded as rejected and the
-rest of the batch goes on.
+A business's messages are stored in their order by the rules of the GraphQL mutation
+(domain/messages.py), in one statement for the whole delivery when their threads are settled or
+new, each message once: a redelivery of the whole batch stores only what is missing. A storage
+failure propagates: the entry point answers 5xx and WhatsApp retries the delivery; what was
+committed before it stays, and is announced. A message that breaks a rule is recorded as
+rejected and the rest of the batch goes on.
 
 Edits and revokes are applied after the delivery's messages, each in its own unit of work, so
 a revision and the message it changes work in one delivery whatever their order in it.
@@ -24,7 +25,12 @@ from domain.errors import BadInput
 from domain.events import InboxEvent
 from domain.message_revisions import RevisionOutcome, apply_revision
 from domain.message_statuses import StatusOutcome, record_status
-from domain.messages import ingest_message
+from domain.messages import (
+    CheckedMessage,
+    IngestOutcome,
+    check_message,
+    store_checked_messages,
+)
 from domain.metrics import InboxMetrics
 from domain.webhook_payloads import (
     RejectedPart,
@@ -104,43 +110,9 @@ async def store_delivery(
             messages_by_business[owners[part.phone_number_id]].append(part)
 
     for business_id, parts in messages_by_business.items():
-        already_stored = await _already_stored(sessions, business_id, parts)
-        for part in parts:
-            provider_message_id = part.message.provider_message_id
-            if provider_message_id in already_stored:
-                report.duplicates += 1
-                metrics.duplicates_skipped += 1
-                log.info(
-                    "[WA-DEDUPE] provider_message_id=%s already stored for business_id=%s: "
-                    "redelivery skipped",
-                    provider_message_id,
-                    business_id,
-                )
-                continue
-            try:
-                outcome = await ingest_message(
-                    sessions,
-                    business_id,
-                    part.message,
-                    default_region=default_region,
-                    metrics=metrics,
-                )
-            except BadInput as refused:
-                rejected.append(
-                    RejectedPart(
-                        part.phone_number_id,
-                        provider_message_id,
-                        refused.message,
-                        part.message.provider_payload,
-                    )
-                )
-                continue
-            if outcome.duplicate:
-                report.duplicates += 1
-            else:
-                report.stored += 1
-            for event in outcome.events:
-                on_stored(event)
+        await _store_messages(
+            sessions, business_id, parts, default_region, metrics, report, rejected, on_stored
+        )
 
     for revision in delivery.revisions:
         if revision.phone_number_id in owners:
@@ -200,21 +172,51 @@ async def _apply_revision(
         on_stored(result.event)
 
 
-async def _already_stored(
-    sessions: Sessions, business_id: int, parts: list[WebhookMessage]
-) -> set[str]:
-    """Provider ids of the batch the business has already: redeliveries cost one statement."""
-    provider_ids = [
-        part.message.provider_message_id
-        for part in parts
-        if part.message.provider_message_id is not None
-    ]
-    if not provider_ids:
-        return set()
-    return await run_unit_of_work(
-        sessions,
-        lambda session: statements.stored_provider_ids(session, business_id, provider_ids),
-        business_id=business_id,
+async def _store_messages(
+    sessions: Sessions,
+    business_id: int,
+    parts: list[WebhookMessage],
+    default_region: str,
+    metrics: InboxMetrics,
+    report: DeliveryReport,
+    rejected: list[RejectedPart],
+    on_stored: Callable[[InboxEvent], None],
+) -> None:
+    """The business's messages of the delivery, in their order, in one statement when their
+    threads are settled or new (domain/messages.py `store_checked_messages`)."""
+    checked: list[CheckedMessage] = []
+    part_of: dict[int, WebhookMessage] = {}
+    for part in parts:
+        try:
+            message = check_message(business_id, part.message, default_region=default_region)
+        except BadInput as refused:
+            rejected.append(_rejected(part, refused))
+            continue
+        checked.append(message)
+        part_of[id(message)] = part
+
+    def settled(message: CheckedMessage, outcome: IngestOutcome | BadInput) -> None:
+        if isinstance(outcome, BadInput):
+            rejected.append(_rejected(part_of[id(message)], outcome))
+        elif outcome.duplicate:
+            report.duplicates += 1
+        else:
+            report.stored += 1
+            for event in outcome.events:
+                on_stored(event)
+
+    if checked:
+        await store_checked_messages(
+            sessions, business_id, checked, metrics=metrics, on_outcome=settled
+        )
+
+
+def _rejected(part: WebhookMessage, refused: BadInput) -> RejectedPart:
+    return RejectedPart(
+        part.phone_number_id,
+        part.message.provider_message_id,
+        refused.message,
+        part.message.provider_payload,
     )
 
 

@@ -5,10 +5,12 @@ Validation is strict: HS256 only (`none` and every other algorithm refused), `ex
 `role`, when present, one of agent, service, admin (absent: agent, the least privilege).
 """
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -43,8 +45,29 @@ def bearer_token(authorization: str | None) -> str:
 def authenticate(authorization: str | None, secret: str) -> Principal:
     """The principal of a valid token; Unauthenticated, saying which check failed, otherwise."""
     token = bearer_token(authorization)
+    principal, expires_at = _verified(token, secret)
+    if time.time() > expires_at + CLOCK_SKEW_LEEWAY_S:
+        _decode(token, secret)  # raises: expired since it was verified
+    return principal
+
+
+@functools.lru_cache(maxsize=4096)
+def _verified(token: str, secret: str) -> tuple[Principal, float]:
+    """A token's principal and expiry, verified once: a front end sends the same token with
+    every request, and checking its HMAC and claims again costs more than a badge read.
+
+    Only what passed every check is kept (a refusal is an exception, never cached), and a
+    token valid once stays valid until it expires (`nbf` and `iat` only move into the past),
+    so `authenticate` checks the expiry on every use.
+    """
+    claims = _decode(token, secret)
+    expires_at = claims["exp"]
+    return principal_from_claims(claims), float(expires_at)
+
+
+def _decode(token: str, secret: str) -> dict[str, Any]:
     try:
-        claims = jwt.decode(
+        claims: dict[str, Any] = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
@@ -53,7 +76,7 @@ def authenticate(authorization: str | None, secret: str) -> Principal:
         )
     except jwt.PyJWTError as refused:
         raise _refusal(refused) from None
-    return principal_from_claims(claims)
+    return claims
 
 
 def _refusal(error: jwt.PyJWTError) -> Unauthenticated:

@@ -12,10 +12,10 @@ import json
 import logging
 from collections.abc import Callable
 
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
+from db.errors import STORAGE_FAILURES
 from db.unit_of_work import Sessions
 from domain.events import InboxEvent
 from domain.metrics import InboxMetrics
@@ -121,7 +121,7 @@ class WhatsAppWebhook:
                 metrics=self.metrics,
                 on_stored=self.publish,
             )
-        except (SQLAlchemyError, OSError, TimeoutError) as failure:
+        except STORAGE_FAILURES as failure:
             self.metrics.webhook_storage_failures += 1
             log.error(
                 "[WA-WEBHOOK] storage failed (%s): answering 503 so WhatsApp retries "

@@ -1,0 +1,201 @@
+"""Storing messages in one statement (issue 15): what one ingest and one delivery cost, and
+that batching keeps every rule: order within a thread, dedupe under concurrent redelivery,
+the general path for what needs linking, counters equal to their definition."""
+
+import asyncio
+import importlib.util
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import httpx
+
+from db import advisory_locks
+from db.tables import UNREAD_SHARDS
+from tests.conftest import PROJECT_ROOT, GraphQLClient, StatementCounter, ingest
+from tests.test_unread_counters import assert_counters_equal_the_definition
+from tests.webhooks import connect_channel, delivery, post_delivery, status, text_message
+
+
+def test_the_migration_froze_the_constants_the_application_uses() -> None:
+    path = PROJECT_ROOT / "alembic" / "versions" / "0007_store_messages_in_one_statement.py"
+    spec = importlib.util.spec_from_file_location("migration_0007", path)
+    assert spec is not None
+    assert spec.loader is not None
+    _MIGRATION = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_MIGRATION)
+    assert _MIGRATION.PROVIDER_IDS_LOCK_SPACE == advisory_locks.PROVIDER_IDS
+    assert _MIGRATION.CUSTOMER_NAMES_LOCK_SPACE == advisory_locks.CUSTOMER_NAMES
+    assert _MIGRATION.UNREAD_SHARDS == UNREAD_SHARDS
+
+
+def customer(n: int) -> str:
+    return f"1650555{n:04d}"
+
+
+def messages_for(
+    customers: int, per_customer: int, *, prefix: str = "wamid.batch"
+) -> list[dict[str, Any]]:
+    """Messages of several customers interleaved, as a campaign's replies arrive."""
+    return [
+        text_message(
+            f"{prefix}.{c}.{i}",
+            sender=customer(c),
+            body=f"{c}.{i}",
+            timestamp=1_764_000_000 + i * customers + c,
+        )
+        for i in range(per_customer)
+        for c in range(customers)
+    ]
+
+
+async def test_an_ingest_is_one_statement_whether_the_thread_is_new_known_or_a_redelivery(
+    client: GraphQLClient, count_statements: StatementCounter
+) -> None:
+    async def statements_of(**fields: Any) -> int:
+        count_statements.statements.clear()
+        await ingest(client, **fields)
+        return count_statements.count
+
+    new = await statements_of(phone="+14155550100", providerMessageId="wamid.one")
+    known = await statements_of(phone="+14155550100", providerMessageId="wamid.two")
+    redelivery = await statements_of(phone="+14155550100", providerMessageId="wamid.two")
+    without_id = await statements_of(phone="+14155550100", body="no provider id")
+    bot_reply = await statements_of(
+        phone="+14155550100", direction="OUTBOUND", source="BOT", body="hi"
+    )
+    assert (new, known, redelivery, without_id, bot_reply) == (1, 1, 1, 1, 1), (
+        count_statements.statements
+    )
+
+
+async def test_a_delivery_costs_the_same_statements_with_one_message_or_a_hundred(
+    client: GraphQLClient, http: httpx.AsyncClient, count_statements: StatementCounter
+) -> None:
+    await connect_channel(client)
+
+    async def statements_of(messages: list[dict[str, Any]]) -> int:
+        count_statements.statements.clear()
+        answer = await post_delivery(http, delivery(messages=messages))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["stored"] == len(messages)
+        return count_statements.count
+
+    # Customers known first, so both deliveries find settled threads.
+    await statements_of(messages_for(20, 1, prefix="wamid.first"))
+    one = await statements_of(messages_for(1, 1, prefix="wamid.one"))
+    hundred = await statements_of(messages_for(20, 5, prefix="wamid.hundred"))
+    new_customers = await statements_of(
+        [text_message(f"wamid.new.{n}", sender=customer(100 + n)) for n in range(30)]
+    )
+    assert one == hundred == new_customers, count_statements.statements
+
+
+async def test_a_message_that_needs_linking_amid_a_delivery_keeps_the_order_of_every_thread(
+    client: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await connect_channel(client)
+    known = customer(1)
+    await post_delivery(http, delivery(messages=[text_message("wamid.known", sender=known)]))
+    messages = [
+        text_message("wamid.a1", sender=customer(2), timestamp=1_764_000_001),
+        # A user id the known customer's thread has no alias for yet: linking, not one statement.
+        text_message("wamid.k1", sender=known, user_id="US.77", timestamp=1_764_000_002),
+        text_message("wamid.a2", sender=customer(2), timestamp=1_764_000_003),
+        text_message("wamid.k2", sender=known, user_id="US.77", timestamp=1_764_000_004),
+        text_message("wamid.a3", sender=customer(2), timestamp=1_764_000_005),
+    ]
+    answer = await post_delivery(http, delivery(messages=messages))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == 5
+    rows = await db.fetch(
+        "SELECT m.provider_message_id, m.seq, c.phone_e164 FROM whatsapp_message m "
+        "JOIN whatsapp_conversation c ON c.id = m.conversation_id ORDER BY c.id, m.seq"
+    )
+    by_thread: dict[str, list[str]] = {}
+    for row in rows:
+        by_thread.setdefault(row["phone_e164"], []).append(row["provider_message_id"])
+    assert by_thread == {
+        f"+{known}": ["wamid.known", "wamid.k1", "wamid.k2"],
+        f"+{customer(2)}": ["wamid.a1", "wamid.a2", "wamid.a3"],
+    }
+    aliases = await db.fetch("SELECT alias_key FROM whatsapp_conversation_alias")
+    assert [row["alias_key"] for row in aliases] == ["user:1:US.77"]
+    await assert_counters_equal_the_definition(client, db, 1)
+
+
+async def test_a_status_that_came_first_is_applied_when_its_message_arrives_in_a_batch(
+    client: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await connect_channel(client)
+    await post_delivery(http, delivery(statuses=[status("wamid.out", "delivered")]))
+    stored = await ingest(
+        client,
+        phone=f"+{customer(3)}",
+        direction="OUTBOUND",
+        source="BOT",
+        body="sent before its status",
+        providerMessageId="wamid.out",
+    )
+    assert stored["message"]["status"] == "DELIVERED"
+    assert await db.fetchval("SELECT count(*) FROM whatsapp_pending_status") == 0
+
+
+async def test_five_concurrent_redeliveries_of_a_thousand_messages_store_each_once(
+    client: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await connect_channel(client)
+    # A redelivery storm after an outage: 1,000 updates of 50 customers, half of them new.
+    await post_delivery(http, delivery(messages=messages_for(25, 1, prefix="wamid.before")))
+    storm = delivery(messages=messages_for(50, 20))
+    answers = await asyncio.gather(*(post_delivery(http, storm) for _ in range(5)))
+    assert [answer.status_code for answer in answers] == [200] * 5, [a.text for a in answers]
+    assert sum(answer.json()["stored"] for answer in answers) == 1_000
+    assert sum(answer.json()["duplicates"] for answer in answers) == 4_000
+
+    copies = Counter(
+        row["provider_message_id"]
+        for row in await db.fetch(
+            "SELECT provider_message_id FROM whatsapp_message "
+            "WHERE provider_message_id LIKE 'wamid.batch.%'"
+        )
+    )
+    assert len(copies) == 1_000
+    assert set(copies.values()) == {1}
+    # Each customer's messages took their seqs in the order they were delivered.
+    orders = await db.fetch(
+        "SELECT c.phone_e164, array_agg(m.body ORDER BY m.seq) AS bodies "
+        "FROM whatsapp_message m JOIN whatsapp_conversation c ON c.id = m.conversation_id "
+        "WHERE m.provider_message_id LIKE 'wamid.batch.%' GROUP BY c.phone_e164"
+    )
+    assert len(orders) == 50
+    for row in orders:
+        c = int(row["phone_e164"][-4:])
+        assert row["bodies"] == [f"{c}.{i}" for i in range(20)]
+    assert await db.fetchval("SELECT count(*) FROM whatsapp_conversation") == 50
+    defined = await assert_counters_equal_the_definition(client, db, 1)
+    assert sum(defined.values()) == 1_025
+
+
+async def test_deliveries_crossing_the_same_threads_in_opposite_orders_all_store(
+    client: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Each delivery holds its threads' rows until it commits: two taking them in opposite
+    orders deadlock, and PostgreSQL's detector rolls one back, which is then repeated."""
+    await connect_channel(client)
+    await post_delivery(http, delivery(messages=messages_for(10, 1, prefix="wamid.open")))
+
+    def crossing(n: int) -> dict[str, Any]:
+        order = range(10) if n % 2 else reversed(range(10))
+        return delivery(
+            messages=[
+                text_message(f"wamid.cross.{n}.{c}", sender=customer(c), timestamp=1_764_001_000)
+                for c in order
+            ]
+        )
+
+    answers = await asyncio.gather(*(post_delivery(http, crossing(n)) for n in range(12)))
+    assert [answer.status_code for answer in answers] == [200] * 12, [a.text for a in answers]
+    assert sum(answer.json()["stored"] for answer in answers) == 120
+    assert await db.fetchval("SELECT count(*) FROM whatsapp_message") == 130
+    await assert_counters_equal_the_definition(client, db, 1)
