@@ -28,8 +28,8 @@ client's own cost stays small):
    asyncpg floor (the two INSERT ... ON CONFLICT statements in one transaction per message on
    16 asyncpg connections of this process); and `ingestMessage` at 32 clients against the app
    with one worker and with two; every way in the same interleaved rounds, each server's CPU
-   per message and this client's per request recorded, and its ceiling against the floor's
-   /healthz;
+   per message, this client's per request and what the database's connections were doing
+   recorded, and the client's ceiling against the floor's /healthz;
 6. growth: each read's median at the largest size over its median at the smallest.
 
 Then a profile: the same requests in-process (httpx's ASGI transport) with every SQL statement
