@@ -1429,7 +1429,10 @@ def print_report(results: dict[str, Any]) -> None:
         }
         for name, figures in measured.items():
             connections = figures.get("database_connections", {})
-            doing = ", ".join(f"{what} {count:.1f}" for what, count in connections.items())
+            # The four largest; the JSON has every state seen.
+            doing = ", ".join(
+                f"{what} {count:.1f}" for what, count in list(connections.items())[:4]
+            )
             print(
                 f"{INGEST_LABELS.get(name, name):<23}{size['size']:<7}"
                 f"{sum(connections.values()):>5.1f}  {doing}"
