@@ -44,6 +44,7 @@ from db.tables import (
     pending_statuses,
     webhook_rejections,
 )
+from db.unit_of_work import DriverStatements
 
 
 def counts_as_unread() -> ColumnElement[bool]:
@@ -583,17 +584,20 @@ async def business_channels(session: AsyncSession, business_id: int) -> list[Row
     return list(result.mappings())
 
 
+_CHANNEL_OWNERS = "SELECT phone_number_id, business_id FROM wa_inbox_channel_owners($1::text[])"
+
+
 async def businesses_of_phone_number_ids(
-    session: AsyncSession, phone_number_ids: Sequence[str]
+    statements: DriverStatements, phone_number_ids: Sequence[str]
 ) -> dict[str, int]:
-    """The business that owns each connected phone number id (unknown ids are absent)."""
-    # Asked before any business is known, so through the owner's function (row-level
-    # security would show this transaction no channel at all).
-    result = await session.execute(
-        text("SELECT phone_number_id, business_id FROM wa_inbox_channel_owners(:ids)"),
-        {"ids": list(phone_number_ids)},
-    )
-    return {phone_number_id: business_id for phone_number_id, business_id in result.all()}
+    """The business that owns each connected phone number id (unknown ids are absent).
+
+    One statement of its own (db/unit_of_work.py `run_statement`): every webhook delivery
+    asks it first, before any business is known, so through the owner's function (row-level
+    security would show this transaction no channel at all).
+    """
+    rows = await statements.fetch(_CHANNEL_OWNERS, list(phone_number_ids))
+    return {phone_number_id: business_id for phone_number_id, business_id in rows}
 
 
 async def record_webhook_rejection(

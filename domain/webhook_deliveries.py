@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
-from db.unit_of_work import Sessions, run_unit_of_work
+from db.unit_of_work import Sessions, run_statement, run_unit_of_work
 from domain.errors import BadInput
 from domain.events import InboxEvent
 from domain.message_revisions import RevisionOutcome, apply_revision
@@ -86,13 +86,13 @@ async def store_delivery(
     stored, and a redelivery will not announce them again.
     """
     report = DeliveryReport(ignored_fields=len(delivery.ignored_fields))
-    owners = await run_unit_of_work(
+    owners = await run_statement(
         sessions,
-        lambda session: statements.businesses_of_phone_number_ids(
-            session, sorted(delivery.phone_number_ids)
+        functools.partial(
+            statements.businesses_of_phone_number_ids,
+            phone_number_ids=sorted(delivery.phone_number_ids),
         ),
-        # Which business owns a number is asked before any business is known.
-        business_id=None,
+        repeatable_after_lost_connection=True,  # a read
     )
     for phone_number_id in sorted(delivery.phone_number_ids - owners.keys()):
         report.unknown_numbers += 1
