@@ -23,6 +23,7 @@ from db import statements
 from db.unit_of_work import Sessions, run_statement, run_unit_of_work
 from domain.errors import BadInput
 from domain.events import InboxEvent
+from domain.group_commit import GroupCommit
 from domain.message_revisions import RevisionOutcome, apply_revision
 from domain.message_statuses import StatusOutcome, record_status
 from domain.messages import (
@@ -78,12 +79,14 @@ async def store_delivery(
     default_region: str,
     metrics: InboxMetrics,
     on_stored: Callable[[InboxEvent], None],
+    group_commit: GroupCommit | None = None,
 ) -> DeliveryReport:
     """Store every part of `delivery` for the business owning its number.
 
     `on_stored` receives the events of each newly stored message (its merges, then the
     message) as soon as it is committed, also when a later part fails: those messages are
-    stored, and a redelivery will not announce them again.
+    stored, and a redelivery will not announce them again. With `group_commit`, the messages
+    share their statement with the business's concurrent deliveries and ingests.
     """
     report = DeliveryReport(ignored_fields=len(delivery.ignored_fields))
     owners = await run_statement(
@@ -111,7 +114,15 @@ async def store_delivery(
 
     for business_id, parts in messages_by_business.items():
         await _store_messages(
-            sessions, business_id, parts, default_region, metrics, report, rejected, on_stored
+            sessions,
+            business_id,
+            parts,
+            default_region,
+            metrics,
+            report,
+            rejected,
+            on_stored,
+            group_commit,
         )
 
     for revision in delivery.revisions:
@@ -181,6 +192,7 @@ async def _store_messages(
     report: DeliveryReport,
     rejected: list[RejectedPart],
     on_stored: Callable[[InboxEvent], None],
+    group_commit: GroupCommit | None,
 ) -> None:
     """The business's messages of the delivery, in their order, in one statement when their
     threads are settled or new (domain/messages.py `store_checked_messages`)."""
@@ -205,7 +217,9 @@ async def _store_messages(
             for event in outcome.events:
                 on_stored(event)
 
-    if checked:
+    if group_commit is not None:
+        await group_commit.store(business_id, checked, on_outcome=settled)
+    elif checked:
         await store_checked_messages(
             sessions, business_id, checked, metrics=metrics, on_outcome=settled
         )

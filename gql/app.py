@@ -1,5 +1,6 @@
 """The application factory: `create_app(settings)` builds everything; nothing runs at import."""
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from db.engine import EngineOptions, build_engine, build_sessionmaker
+from domain.group_commit import GroupCommit
 from domain.metrics import InboxMetrics
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
@@ -85,9 +87,12 @@ def create_app(settings: Settings) -> Starlette:
             len(settings.trusted_documents.by_id),
             settings.trusted_documents.source,
         )
+    # HTTP ingests and webhook deliveries of a business share statements
+    # (domain/group_commit.py).
+    group_commit = GroupCommit(sessions, metrics)
     graphql = GraphQLEndpoint(
         schema,
-        contexts=hub.contexts,
+        contexts=dataclasses.replace(hub.contexts, group_commit=group_commit),
         auth_secret=auth_secret,
         max_body_bytes=settings.max_body_bytes,
         max_batch_operations=settings.max_batch_operations,
@@ -111,6 +116,7 @@ def create_app(settings: Settings) -> Starlette:
         default_region=settings.default_region,
         metrics=metrics,
         publish=hub.publish,
+        group_commit=group_commit,
     )
     if settings.whatsapp_app_secret is None:
         log.warning(

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.unit_of_work import ReadOnlyUnit, Sessions, open_read_only
 from domain.access import Role
 from domain.events import InboxEvent
+from domain.group_commit import GroupCommit
 from domain.metrics import InboxMetrics
 from gql.auth import Principal
 from gql.loaders import Loaders
@@ -69,6 +70,8 @@ class Context:
     metrics: InboxMetrics
     # Hands committed events to the live-updates hub (gql/fanout.py) without waiting.
     publish: Callable[[InboxEvent | None], None]
+    # Concurrent ingests of a business share one statement (domain/group_commit.py).
+    group_commit: GroupCommit | None = None
     reads: RequestReads = field(init=False)
     loaders: Loaders = field(init=False)
 
@@ -97,6 +100,7 @@ class ContextFactory:
     default_region: str
     metrics: InboxMetrics
     publish: Callable[[InboxEvent | None], None]
+    group_commit: GroupCommit | None = None
 
     def __call__(self, principal: Principal, request_id: str) -> Context:
         return Context(
@@ -106,4 +110,5 @@ class ContextFactory:
             default_region=self.default_region,
             metrics=self.metrics,
             publish=self.publish,
+            group_commit=self.group_commit,
         )

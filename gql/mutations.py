@@ -35,22 +35,28 @@ class Mutation:
         access.require_may_ingest(context.role, input.source.to_domain())
         # A request holds at most one connection at a time: earlier results' reads are done.
         await context.reads.close()
-        outcome = await ingest_message(
-            context.sessions,
-            context.business_id,
-            IncomingMessage(
-                phone=input.phone,
-                lead_id=given(input.lead_id),
-                direction=input.direction.to_domain(),
-                source=input.source.to_domain(),
-                body=given(input.body),
-                provider_message_id=given(input.provider_message_id),
-                sent_at=given(input.sent_at),
-                historical=bool(input.historical),
-            ),
-            default_region=context.default_region,
-            metrics=context.metrics,
+        incoming = IncomingMessage(
+            phone=input.phone,
+            lead_id=given(input.lead_id),
+            direction=input.direction.to_domain(),
+            source=input.source.to_domain(),
+            body=given(input.body),
+            provider_message_id=given(input.provider_message_id),
+            sent_at=given(input.sent_at),
+            historical=bool(input.historical),
         )
+        if context.group_commit is not None:
+            outcome = await context.group_commit.ingest(
+                context.business_id, incoming, default_region=context.default_region
+            )
+        else:
+            outcome = await ingest_message(
+                context.sessions,
+                context.business_id,
+                incoming,
+                default_region=context.default_region,
+                metrics=context.metrics,
+            )
         for event in outcome.events:
             context.publish(event)
         context.forget_loaded()

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from db.errors import STORAGE_FAILURES
 from db.unit_of_work import Sessions
 from domain.events import InboxEvent
+from domain.group_commit import GroupCommit
 from domain.metrics import InboxMetrics
 from domain.webhook_deliveries import store_delivery
 from domain.webhook_payloads import MalformedDelivery, read_delivery
@@ -55,6 +56,7 @@ class WhatsAppWebhook:
         default_region: str,
         metrics: InboxMetrics,
         publish: Callable[[InboxEvent | None], None],
+        group_commit: GroupCommit | None = None,
     ) -> None:
         self.sessions = sessions
         self.app_secret = app_secret
@@ -63,6 +65,7 @@ class WhatsAppWebhook:
         self.default_region = default_region
         self.metrics = metrics
         self.publish = publish
+        self.group_commit = group_commit
 
     async def verify(self, request: Request) -> Response:
         """Meta's subscription handshake: echo `hub.challenge` when the verify token matches."""
@@ -120,6 +123,7 @@ class WhatsAppWebhook:
                 default_region=self.default_region,
                 metrics=self.metrics,
                 on_stored=self.publish,
+                group_commit=self.group_commit,
             )
         except STORAGE_FAILURES as failure:
             self.metrics.webhook_storage_failures += 1

@@ -12,7 +12,14 @@ import httpx
 
 from db import advisory_locks
 from db.tables import UNREAD_SHARDS
-from tests.conftest import PROJECT_ROOT, GraphQLClient, StatementCounter, ingest
+from tests.conftest import (
+    INGEST,
+    PROJECT_ROOT,
+    GraphQLClient,
+    StatementCounter,
+    admin_execute,
+    ingest,
+)
 from tests.test_unread_counters import assert_counters_equal_the_definition
 from tests.webhooks import connect_channel, delivery, post_delivery, status, text_message
 
@@ -199,3 +206,79 @@ async def test_deliveries_crossing_the_same_threads_in_opposite_orders_all_store
     assert sum(answer.json()["stored"] for answer in answers) == 120
     assert await db.fetchval("SELECT count(*) FROM whatsapp_message") == 130
     await assert_counters_equal_the_definition(client, db, 1)
+
+
+# --- group commit: concurrent ingests of a business share statements ---------------------
+
+
+async def test_concurrent_ingests_share_statements_and_each_gets_its_own_answer(
+    client: GraphQLClient, count_statements: StatementCounter, db: asyncpg.Connection
+) -> None:
+    await ingest(client, phone="+14155550200", body="opening")
+    count_statements.statements.clear()
+    answers = await asyncio.gather(
+        *(
+            ingest(client, phone=f"+1415555{200 + n % 5:04d}", providerMessageId=f"wamid.g.{n}")
+            for n in range(40)
+        )
+    )
+    stores = [s for s in count_statements.statements if "wa_inbox_store_messages" in s]
+    assert len(stores) < 40, "no two concurrent ingests shared a statement"
+    ids = {answer["message"]["id"] for answer in answers}
+    assert len(ids) == 40
+    assert [answer["message"]["providerMessageId"] for answer in answers] == [
+        f"wamid.g.{n}" for n in range(40)
+    ]
+    assert all(answer["duplicate"] is False for answer in answers)
+    await assert_counters_equal_the_definition(client, db, 1)
+
+
+async def test_a_message_that_breaks_a_constraint_fails_only_its_own_request(
+    client: GraphQLClient, database_url: str, db: asyncpg.Connection
+) -> None:
+    await admin_execute(
+        database_url,
+        "ALTER TABLE whatsapp_message ADD CONSTRAINT no_poison CHECK (body <> 'poison')",
+    )
+    bodies = ["poison" if n % 7 == 3 else f"fine {n}" for n in range(30)]
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                INGEST,
+                {
+                    "input": {
+                        "phone": f"+1415555{300 + n % 4:04d}",
+                        "direction": "INBOUND",
+                        "source": "CUSTOMER",
+                        "body": body,
+                    }
+                },
+            )
+            for n, body in enumerate(bodies)
+        )
+    )
+    failed = [n for n, response in enumerate(responses) if response.json().get("errors")]
+    assert failed == [n for n, body in enumerate(bodies) if body == "poison"]
+    assert await db.fetchval("SELECT count(*) FROM whatsapp_message") == 30 - len(failed)
+    await assert_counters_equal_the_definition(client, db, 1)
+
+
+async def test_concurrent_deliveries_keep_each_ones_order_in_every_thread(
+    client: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await connect_channel(client)
+
+    def ordered(n: int) -> dict[str, Any]:
+        return delivery(
+            messages=[
+                text_message(f"wamid.o.{n}.{i}", sender=customer(n % 3), body=f"{n}.{i}")
+                for i in range(8)
+            ]
+        )
+
+    answers = await asyncio.gather(*(post_delivery(http, ordered(n)) for n in range(15)))
+    assert [answer.status_code for answer in answers] == [200] * 15
+    rows = await db.fetch("SELECT conversation_id, body FROM whatsapp_message ORDER BY seq")
+    for n in range(15):
+        mine = [row["body"] for row in rows if row["body"].startswith(f"{n}.")]
+        assert mine == [f"{n}.{i}" for i in range(8)]
