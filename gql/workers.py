@@ -12,8 +12,10 @@ import gc
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import multiprocess
 from starlette.applications import Starlette
@@ -83,8 +85,8 @@ class Supervisor(Multiprocess):
     but its gauges (open websockets, pool use) must no longer be shown.
     """
 
-    def __init__(self, config: Config, sockets: list[object], metrics_dir: Path) -> None:
-        super().__init__(config, sockets=sockets)  # type: ignore[arg-type]
+    def __init__(self, config: Config, sockets: list[socket.socket], metrics_dir: Path) -> None:
+        super().__init__(config, sockets=sockets)
         self.metrics_dir = metrics_dir
         self._workers_seen: set[int] = set()
 
@@ -103,7 +105,7 @@ class Supervisor(Multiprocess):
             multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
 
 
-def run_workers(settings: Settings, uvicorn_options: dict[str, object]) -> None:
+def run_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
     """Serve with `settings.workers` processes until SIGINT or SIGTERM stops them all."""
     assert settings.database_url is not None
     metrics_dir, temporary = prepare_metrics_directory(settings)
@@ -126,7 +128,7 @@ def run_workers(settings: Settings, uvicorn_options: dict[str, object]) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level.lower(),
-        **uvicorn_options,  # type: ignore[arg-type]
+        **uvicorn_options,
     )
     try:
         Supervisor(config, sockets=[config.bind_socket()], metrics_dir=metrics_dir).run()

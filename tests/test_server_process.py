@@ -5,6 +5,7 @@ restart and `make token` signs alike; the development token goes to the terminal
 stdout or stderr. A taken port and a weak secret are said plainly, and `make reset` starts over.
 """
 
+import contextlib
 import json
 import os
 import pty
@@ -53,15 +54,16 @@ def wait_until_healthy(base_url: str, running: Callable[[], bool], log_path: Pat
 
 
 @contextmanager
-def running_server(env_overrides: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Start `python -m gql serve` and yield its base URL once /healthz answers."""
+def server_process(
+    env_overrides: dict[str, str], log_path: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start `python -m gql serve`; yield its base URL once /healthz answers, and its process.
+
+    The server is stopped with SIGINT, as Ctrl-C stops `make run`; one that does not stop is
+    killed with its whole process group, worker processes included.
+    """
     port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "AUTH_SECRET", "WA_INBOX_DATA_DIR"}
-    }
-    env.update({"HOST": "127.0.0.1", "PORT": str(port), **env_overrides})
+    env = server_environment({"HOST": "127.0.0.1", "PORT": str(port), **env_overrides})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "gql", "serve"],
@@ -76,14 +78,23 @@ def running_server(env_overrides: dict[str, str], log_path: Path) -> Iterator[st
         base_url = f"http://127.0.0.1:{port}"
         try:
             wait_until_healthy(base_url, lambda: process.poll() is None, log_path)
-            yield base_url
+            yield base_url, process
         finally:
-            process.send_signal(signal.SIGINT)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@contextmanager
+def running_server(env_overrides: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Start `python -m gql serve` and yield its base URL once /healthz answers."""
+    with server_process(env_overrides, log_path) as (base_url, _):
+        yield base_url
 
 
 def server_environment(overrides: dict[str, str]) -> dict[str, str]:

@@ -20,11 +20,11 @@ from tests.conftest import GraphQLClient, admin_execute, asyncpg_dsn
 from tests.live import NEW_MESSAGE, GraphQLSocket
 from tests.test_live_across_instances import Subscriber, ingest_on
 from tests.test_webhook_faults import (
-    APP_BACKENDS,
     STORM_CUSTOMERS,
     STORM_MESSAGES_EACH,
     STORM_SIZE,
     assert_clean_failure,
+    assert_deliveries_survive_killed_backends,
     copies_per_provider_id,
     eventually,
     metric,
@@ -55,59 +55,9 @@ async def test_two_workers_survive_pool_connections_killed_mid_load(
 ) -> None:
     with workers_server(database_url, tmp_path) as server:
         async with client_of(server) as client:
-            http = client.http
             await connect_channel(client)
-            payloads = {
-                f"wamid.kill.{n}": single_message(f"wamid.kill.{n}", f"1650555{n % 25:04d}", n)
-                for n in range(160)
-            }
-            queue: asyncio.Queue[str] = asyncio.Queue()
-            for provider_id in payloads:
-                queue.put_nowait(provider_id)
-            first_answers: dict[str, httpx.Response] = {}
-            sending = True
-            killed: set[int] = set()
-
-            async def sender() -> None:
-                while not queue.empty():
-                    provider_id = queue.get_nowait()
-                    first_answers[provider_id] = await post_delivery(http, payloads[provider_id])
-
-            async def killer() -> None:
-                while sending:
-                    pids = await db.fetchval(
-                        "SELECT array_agg(pid) FILTER (WHERE pg_terminate_backend(pid)) "
-                        f"{APP_BACKENDS}"
-                    )
-                    killed.update(pids or ())
-                    await asyncio.sleep(0.1)
-
-            async def killed_backends_gone() -> bool:
-                left = await db.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1::int[])",
-                    list(killed),
-                )
-                return bool(left == 0)
-
-            killing = asyncio.create_task(killer())
-            await asyncio.gather(*(sender() for _ in range(8)))
-            sending = False
-            await killing
-            assert killed
-            assert await eventually(killed_backends_gone)
-
-            failed = [pid for pid, answer in first_answers.items() if answer.status_code != 200]
-            for provider_id in failed:
-                assert_clean_failure(first_answers[provider_id])
-                again = await post_delivery(http, payloads[provider_id])
-                assert again.status_code == 200, again.text
-            fresh = [single_message(f"wamid.after.{n}", "16505550399", n) for n in range(16)]
-            answers = await asyncio.gather(*(post_delivery(http, payload) for payload in fresh))
-            assert [answer.status_code for answer in answers] == [200] * 16
-
-    copies = await copies_per_provider_id(db)
-    assert len(copies) == 160 + 16
-    assert set(copies.values()) == {1}
+            # The killer ends the backends of both workers' pools (all named wa-inbox).
+            await assert_deliveries_survive_killed_backends(client.http, db, deliveries=160)
 
 
 async def readiness(server: WorkersServer) -> tuple[int, dict[str, object]]:

@@ -23,7 +23,7 @@ from prometheus_client.samples import Sample
 from gql.settings import Settings, SettingsError, available_cores
 from tests.conftest import AUTH_SECRET, PROJECT_ROOT, WHATSAPP_APP_SECRET
 from tests.test_live_across_instances import Instance, Subscriber, ingest_on
-from tests.test_server_process import free_port, server_environment, wait_until_healthy
+from tests.test_server_process import server_environment, server_process
 
 # Sockets opened, one by one, until both workers hold some; the kernel hands each new
 # connection to whichever worker accepts first, so a few are nearly always enough.
@@ -89,52 +89,30 @@ class WorkersServer:
 def workers_server(
     database_url: str, tmp_path: Path, workers: int = 2, **env: str
 ) -> Iterator[WorkersServer]:
-    """`python -m gql serve` with WORKERS=`workers`, until it answers /healthz."""
-    port = free_port()
+    """`python -m gql serve` with WORKERS=`workers`, once every worker serves."""
     log_path = tmp_path / "server.log"
-    environment = server_environment(
-        {
-            "DATABASE_URL": database_url,
-            "AUTH_SECRET": AUTH_SECRET,
-            "WHATSAPP_APP_SECRET": WHATSAPP_APP_SECRET,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "WORKERS": str(workers),
-            "WA_INBOX_DATA_DIR": str(tmp_path / "data"),
-            "DATABASE_POOL_SIZE": "5",
-            **env,
-        }
-    )
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gql", "serve"],
-            cwd=PROJECT_ROOT,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = WorkersServer(process, Instance("workers", f"http://127.0.0.1:{port}", log_path))
-    try:
-        wait_until_healthy(server.base_url, lambda: process.poll() is None, log_path)
-        # /healthz answers once one worker is up; wait for every worker's pool gauge.
-        deadline = time.monotonic() + 60
-        while len(server.worker_pids()) < workers:
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
-        yield server
-    except BaseException:
-        print(log_path.read_text())
-        raise
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    overrides = {
+        "DATABASE_URL": database_url,
+        "AUTH_SECRET": AUTH_SECRET,
+        "WHATSAPP_APP_SECRET": WHATSAPP_APP_SECRET,
+        "WORKERS": str(workers),
+        "WA_INBOX_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_POOL_SIZE": "5",
+        **env,
+    }
+    with server_process(overrides, log_path) as (base_url, process):
+        server = WorkersServer(process, Instance("workers", base_url, log_path))
+        try:
+            # /healthz answers once one worker is up; wait for every worker's pool gauge.
+            deadline = time.monotonic() + 60
+            while len(server.worker_pids()) < workers:
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+            yield server
+        except BaseException:
+            print(log_path.read_text())
+            raise
 
 
 def parent_of(pid: int) -> int:
@@ -179,6 +157,31 @@ def test_workers_are_child_processes_answering_on_one_port_and_sigterm_stops_the
         assert list(temporary.iterdir()) == []
         log = server.instance.log_lines()
         assert sum("Application shutdown complete" in line for line in log) == 2
+
+
+async def test_a_worker_that_dies_is_replaced_its_counts_kept_and_its_gauges_dropped(
+    database_url: str, tmp_path: Path
+) -> None:
+    with workers_server(database_url, tmp_path) as server:
+        for n in range(4):
+            await ingest_on(server.instance, f"+1415555{101 + n:04d}", "before")
+        before = set(server.worker_pids())
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            now = set(await asyncio.to_thread(server.worker_pids))
+            if victim not in now and len(now) == 2:
+                break
+            assert time.monotonic() < deadline, f"worker {victim} not replaced: {now}"
+            await asyncio.sleep(0.2)
+        assert len(now - before) == 1
+        # What the dead worker counted is still the server's.
+        [stored] = server.metrics()["wa_inbox_messages_stored"]
+        assert stored.value == 4
+        await ingest_on(server.instance, "+14155550199", "after")
+        [stored] = server.metrics()["wa_inbox_messages_stored"]
+        assert stored.value == 5
 
 
 @contextlib.asynccontextmanager
