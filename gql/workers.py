@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from uvicorn import Config
 from uvicorn.supervisors import Multiprocess
 
+from gql.app import create_app
 from gql.development_secret import load_or_create_development_secret
 from gql.settings import LOG_FORMAT, Settings
 
@@ -49,8 +50,6 @@ def worker_app() -> Starlette:
     The parent validated the same environment, put the resolved DATABASE_URL in it and
     kept the development secret in the data directory, so every worker signs alike.
     """
-    from gql.app import create_app
-
     settings = Settings.from_environment()
     logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     database_url = settings.database_url
