@@ -8,7 +8,7 @@ gauges show each live worker with its `pid` label.
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,7 @@ class OperationLabels:
     def of(self, operations: list[OperationDefinitionNode]) -> str:
         if not operations or operations[-1].name is None:
             return ANONYMOUS  # unnamed, or refused before an operation was known
+        # A batch (MAX_BATCH_OPERATIONS > 1) is labelled by its last operation.
         name = operations[-1].name.value
         if name in self._seen:
             return name
@@ -187,14 +188,15 @@ class ServerMetrics:
         """The GraphQL endpoint, each request timed by its operation (and as an ingest)."""
         return TimedGraphQL(endpoint, self)
 
-    def timed_webhook(self, receive: Any) -> Any:
+    def timed_webhook(
+        self, receive: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         """A webhook delivery endpoint, timed as an ingest."""
 
         async def timed(request: Request) -> Response:
             started = time.perf_counter()
             try:
-                response: Response = await receive(request)
-                return response
+                return await receive(request)
             finally:
                 self.ingest_latency.labels("webhook").observe(time.perf_counter() - started)
 
