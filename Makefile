@@ -64,6 +64,7 @@ apollo-client-packages: $(APOLLO_CLIENT_PACKAGES)
 endif
 
 ## Install what serving needs, migrate (alembic upgrade head) and serve GraphQL on http://$HOST:$PORT/graphql.
+## WORKERS=auto make run (or WORKERS=2) serves with one process per core, each with its own pool.
 run: install
 	$(BIN)/python -m gql serve
 

@@ -14,7 +14,7 @@ from db.migrations import upgrade_to_head
 from domain.access import Role
 from gql.auth import issue_token
 from gql.development_secret import development_secret_path, load_or_create_development_secret
-from gql.settings import Settings, SettingsError
+from gql.settings import LOG_FORMAT, Settings, SettingsError
 
 log = logging.getLogger("wa_inbox")
 
@@ -54,7 +54,7 @@ def serve(settings: Settings) -> None:
 
     import uvicorn
 
-    from gql.app import create_app
+    from gql.workers import prepare_metrics_directory, run_workers, serving_settings
 
     check_port_free(settings.host, settings.port)
     url = _database_url(settings)
@@ -66,7 +66,16 @@ def serve(settings: Settings) -> None:
     log.info(
         "migrations applied; serving GraphQL at http://%s:%s/graphql", settings.host, settings.port
     )
-    app = create_app(dataclasses.replace(settings, database_url=url))
+    settings = serving_settings(settings, url)
+    if settings.workers > 1:
+        run_workers(settings, websocket_server_options(settings))
+        return
+
+    from gql.app import create_app
+
+    if settings.prometheus_multiproc_dir is not None:
+        prepare_metrics_directory(settings)
+    app = create_app(settings)
     # Everything built so far lives as long as the process: keep it out of the collector's
     # full passes, whose pauses grow with every tracked object (see bench/fanout.py).
     gc.freeze()
@@ -165,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_environment()
     except SettingsError as error:
         parser.exit(2, f"configuration error: {error}\n")
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level, format=LOG_FORMAT)
     if args.command == "token":
         # The secret the server signs with: AUTH_SECRET, else the kept development secret.
         secret = settings.auth_secret or load_or_create_development_secret(settings.data_dir)

@@ -16,12 +16,12 @@ from starlette.routing import Route, WebSocketRoute
 
 from db.engine import EngineOptions, build_engine, build_sessionmaker
 from domain.group_commit import GroupCommit
-from domain.metrics import InboxMetrics
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint, checked_document
 from gql.legacy_rest import AnyMethod, LegacyRestEndpoints
 from gql.log_redaction import install_log_redaction
+from gql.metrics import ServerMetrics
 from gql.operations import Operations
 from gql.origins import WebSocketOriginGuard
 from gql.persisted_documents import PersistedDocuments
@@ -65,7 +65,9 @@ def create_app(settings: Settings) -> Starlette:
         ),
     )
     sessions = build_sessionmaker(engine)
-    metrics = InboxMetrics()
+    server_metrics = ServerMetrics(settings.prometheus_multiproc_dir)
+    server_metrics.watch_pool(engine, settings.database_pool_size)
+    metrics = server_metrics.counters
     schema = build_schema(settings.query_limits)
     operations = Operations(schema, metrics, settings.graphql_executor)
     hub = FanOutHub(
@@ -75,6 +77,7 @@ def create_app(settings: Settings) -> Starlette:
         default_region=settings.default_region,
         metrics=metrics,
         operations=operations,
+        live_metrics=server_metrics.live,
     )
     persisted_documents = PersistedDocuments(
         settings.trusted_documents,
@@ -131,7 +134,7 @@ def create_app(settings: Settings) -> Starlette:
         publish=hub.publish,
         max_body_bytes=settings.max_body_bytes,
     )
-    health = HealthEndpoints(sessions, metrics, lambda: hub.pubsub_state)
+    health = HealthEndpoints(sessions, lambda: hub.pubsub_state)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -155,15 +158,19 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             # Every method reaches the endpoint, which answers the ones it does not serve with
             # a GraphQL-shaped 405.
-            Route("/graphql", graphql, methods=None),
+            Route("/graphql", server_metrics.timed_graphql(graphql), methods=None),
             WebSocketRoute(
                 "/graphql", WebSocketOriginGuard(websockets, settings.cors_allowed_origins)
             ),
             Route("/webhooks/whatsapp", whatsapp.verify, methods=["GET"]),
-            Route("/webhooks/whatsapp", whatsapp.receive, methods=["POST"]),
+            Route(
+                "/webhooks/whatsapp",
+                server_metrics.timed_webhook(whatsapp.receive),
+                methods=["POST"],
+            ),
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
-            Route("/metrics", health.metrics_text, methods=["GET"]),
+            Route("/metrics", server_metrics.endpoint, methods=["GET"]),
             # The old front end's REST endpoints (issue 13), each answering every method: a
             # wrong one gets the legacy's JSON error envelope.
             Route("/api/crm/threads", AnyMethod(legacy.threads)),
@@ -196,5 +203,6 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.engine = engine
     app.state.metrics = metrics
+    app.state.server_metrics = server_metrics
     app.state.hub = hub
     return app

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Coroutine, Generator
@@ -42,6 +43,7 @@ from gql.context import Context, ContextFactory
 from gql.errors import shape_error
 from gql.execution_plan import OperationPlan
 from gql.http import checked_document, response_json
+from gql.metrics import LiveMetrics
 from gql.operations import Operations
 from gql.pubsub import backend_for
 
@@ -282,8 +284,10 @@ class FanOutHub:
         metrics: InboxMetrics,
         limits: FanOutLimits | None = None,
         operations: Operations | None = None,
+        live_metrics: LiveMetrics | None = None,
     ) -> None:
         self.schema = schema
+        self.live_metrics = live_metrics
         self.operations = operations or Operations(schema, metrics)
         self.sessions = sessions
         self.metrics = metrics
@@ -294,8 +298,14 @@ class FanOutHub:
         self._backend = backend_for(broadcast_url)
         self._audiences: dict[int, dict[tuple[Any, ...], Audience]] = {}
         self._outlets: set[Outlet] = set()
-        self._pending: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(self.limits.pending_events)
-        self._outgoing: asyncio.Queue[InboxEvent] = asyncio.Queue(self.limits.pending_events)
+        # (origin, event or outage start, wall-clock time of the event's commit)
+        self._pending: asyncio.Queue[tuple[str, Any, float | None]] = asyncio.Queue(
+            self.limits.pending_events
+        )
+        self._outgoing: asyncio.Queue[tuple[InboxEvent, float | None]] = asyncio.Queue(
+            self.limits.pending_events
+        )
+        self._delivering_committed_at: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._outage_since: datetime | None = None
         self.pubsub_connected = self._backend is None
@@ -334,9 +344,13 @@ class FanOutHub:
     def open_outlet(self, websocket: WebSocket, protocol: str) -> Outlet:
         outlet = Outlet(websocket, protocol, self.limits)
         self._outlets.add(outlet)
+        if self.live_metrics is not None:
+            self.live_metrics.websockets_open.inc()
         return outlet
 
     async def close_outlet(self, outlet: Outlet) -> None:
+        if outlet in self._outlets and self.live_metrics is not None:
+            self.live_metrics.websockets_open.dec()
         self._outlets.discard(outlet)
         await outlet.close()
 
@@ -468,7 +482,8 @@ class FanOutHub:
         if event is None:
             return
         try:
-            self._pending.put_nowait(("local", event))
+            # Entry points publish once the unit of work committed: this is the commit's time.
+            self._pending.put_nowait(("local", event, time.time()))
         except asyncio.QueueFull:
             self.metrics.live_events_dropped += 1
             log.error(
@@ -480,11 +495,11 @@ class FanOutHub:
 
     async def _deliver_loop(self) -> None:
         while True:
-            origin, item = await self._pending.get()
+            origin, item, self._delivering_committed_at = await self._pending.get()
             try:
                 if origin == "local":
                     # Forwarded first: a failed local delivery must not cost other instances.
-                    self._queue_forward(item)
+                    self._queue_forward(item, self._delivering_committed_at)
                     await self._deliver(item)
                 elif origin == "remote":
                     await self._deliver(item)
@@ -494,21 +509,23 @@ class FanOutHub:
                 # One event that cannot be delivered must not stop the ones after it.
                 log.exception("[WA-LIVE] delivering %r failed", item)
 
-    def _queue_forward(self, event: InboxEvent) -> None:
+    def _queue_forward(self, event: InboxEvent, committed_at: float | None) -> None:
         """Hand an event to the forwarder, so a slow backend never delays local delivery."""
         if self._backend is None:
             return
         try:
-            self._outgoing.put_nowait(event)
+            self._outgoing.put_nowait((event, committed_at))
         except asyncio.QueueFull:
             self._forward_failed(event, "the outgoing queue is full")
 
     async def _forward_loop(self) -> None:
         assert self._backend is not None
         while True:
-            event = await self._outgoing.get()
+            event, committed_at = await self._outgoing.get()
             try:
-                await self._backend.publish(CHANNEL, _to_wire(self.instance_id, event))
+                await self._backend.publish(
+                    CHANNEL, _to_wire(self.instance_id, event, committed_at)
+                )
             except Exception as failure:  # logged and counted; the listener reconnects
                 self._forward_failed(event, type(failure).__name__)
 
@@ -628,6 +645,8 @@ class FanOutHub:
                 self._lagged(member)
             else:
                 outlet.push(frame)
+        if self.live_metrics is not None:
+            self.live_metrics.delivered(audience.field_name, self._delivering_committed_at)
 
     def _lagged(self, member: Member) -> None:
         self.metrics.live_subscribers_lagged += 1
@@ -692,13 +711,13 @@ class FanOutHub:
                 self.pubsub_connected = True
                 delay = 0.1
                 if self._outage_since is not None:
-                    self._pending.put_nowait(("resync", self._outage_since))
+                    self._pending.put_nowait(("resync", self._outage_since, None))
                     self._outage_since = None
                 while True:
                     wire = await self._backend.next_published()
-                    event = _from_wire(self.instance_id, wire.message)
-                    if event is not None:
-                        self._pending.put_nowait(("remote", event))
+                    received = _from_wire(self.instance_id, wire.message)
+                    if received is not None:
+                        self._pending.put_nowait(("remote", *received))
             except asyncio.CancelledError:
                 raise
             except Exception as failure:
@@ -763,25 +782,27 @@ _WIRE_KINDS: dict[type, str] = {
 }
 
 
-def _to_wire(instance_id: str, event: InboxEvent) -> str:
+def _to_wire(instance_id: str, event: InboxEvent, committed_at: float | None) -> str:
     kind = _WIRE_KINDS[type(event)]
-    body = {"origin": instance_id, "kind": kind, **event.__dict__}
+    body = {"origin": instance_id, "kind": kind, "committed_at": committed_at, **event.__dict__}
     return json.dumps(body, separators=(",", ":"))
 
 
-def _from_wire(instance_id: str, text: str) -> InboxEvent | None:
-    """The event another instance published; None for our own and for unreadable ones."""
+def _from_wire(instance_id: str, text: str) -> tuple[InboxEvent, float | None] | None:
+    """The event another instance published, and when it was committed (None from an
+    instance older than the stamp); None for our own events and for unreadable ones."""
     try:
         body = json.loads(text)
         if body.pop("origin") == instance_id:
             return None
         kind = body.pop("kind")
+        committed_at = body.pop("committed_at", None)
         if kind == "message":
-            return MessageStored(**body)
+            return MessageStored(**body), committed_at
         if kind == "read":
-            return ThreadRead(**body)
+            return ThreadRead(**body), committed_at
         if kind == "merged":
-            return ThreadMerged(**body)
+            return ThreadMerged(**body), committed_at
     except (ValueError, TypeError, KeyError, AttributeError):
         pass
     log.warning("[WA-LIVE] ignored an unreadable pub/sub message")

@@ -1,4 +1,4 @@
-"""Liveness, readiness and counters for operators and load balancers."""
+"""Liveness and readiness for operators and load balancers (counters: gql/metrics.py)."""
 
 import asyncio
 import logging
@@ -7,11 +7,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import text
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from db.statements import missing_conflict_targets
 from db.unit_of_work import Sessions, unit_of_work
-from domain.metrics import InboxMetrics
 
 log = logging.getLogger("wa_inbox.health")
 
@@ -46,11 +45,9 @@ class HealthEndpoints:
     def __init__(
         self,
         sessions: Sessions,
-        metrics: InboxMetrics,
         pubsub_state: Callable[[], dict[str, str]],
     ) -> None:
         self.sessions = sessions
-        self.metrics = metrics
         self.pubsub_state = pubsub_state
 
     async def healthz(self, request: Request) -> Response:
@@ -80,10 +77,3 @@ class HealthEndpoints:
                 "checks": {"database": database_check, "pubsub": pubsub},
             }
         )
-
-    async def metrics_text(self, request: Request) -> Response:
-        lines = []
-        for name, value in self.metrics.as_dict().items():
-            lines.append(f"# TYPE wa_inbox_{name}_total counter")
-            lines.append(f"wa_inbox_{name}_total {value}")
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -40,6 +40,7 @@ from gql.auth import Principal, authenticate, refused_request_challenge
 from gql.context import ContextFactory
 from gql.errors import request_error_code
 from gql.limits import QUERY_TOO_COMPLEX, QueryLimits
+from gql.metrics import note_operation
 from gql.operations import Operations
 from gql.persisted_documents import DocumentRefused, PersistedDocuments, names_persisted_document
 from gql.request_bodies import BodyTooLarge, ClientGone, read_bounded_body, request_id_of
@@ -314,6 +315,7 @@ class GraphQLEndpoint:
                 else "the document has several operations: give operationName"
             )
             raise RequestInvalid([_error(message, "BAD_USER_INPUT")])
+        note_operation(request, operation)
         self._check_operation_type(request, operation)
         coerced = get_variable_values(
             graphql_schema, operation.variable_definitions or (), parameters.variables or {}

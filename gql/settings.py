@@ -12,6 +12,10 @@ from gql.limits import QueryLimits
 from gql.persisted_documents import ManifestError, TrustedDocuments
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The log line of the command line and of every worker process (gql/workers.py).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# WORKERS beyond this is a typo, not a machine: each worker holds its own pool.
+MAX_WORKERS = 256
 
 
 class SettingsError(ValueError):
@@ -51,6 +55,11 @@ class Settings:
     # GRAPHQL_EXECUTOR: "compiled" plans (gql/execution_plan.py), or "reference" to run every
     # operation on graphql-core, the escape hatch should a plan ever answer differently.
     graphql_executor: Literal["compiled", "reference"] = "compiled"
+    # Server processes on one port (gql/workers.py); 1 serves in the process that was started.
+    workers: int = 1
+    # Where the workers' prometheus_client metrics meet (multiprocess mode); with WORKERS > 1
+    # and none given, `serve` makes a temporary one.
+    prometheus_multiproc_dir: Path | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -107,6 +116,10 @@ class Settings:
             cors_allowed_origins=_origins(env.get("CORS_ALLOWED_ORIGINS", "")),
             trusted_documents=_trusted_documents(env.get("TRUSTED_DOCUMENTS", "").strip()),
             graphql_executor=_graphql_executor(env.get("GRAPHQL_EXECUTOR", "").strip().lower()),
+            workers=_workers(env.get("WORKERS", "").strip().lower()),
+            prometheus_multiproc_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
+            if env.get("PROMETHEUS_MULTIPROC_DIR")
+            else None,
         )
 
     @property
@@ -148,6 +161,33 @@ def _graphql_executor(raw: str) -> Literal["compiled", "reference"]:
     if raw == "reference":
         return "reference"
     raise SettingsError(f"GRAPHQL_EXECUTOR={raw!r} is compiled or reference")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), as WORKERS=auto counts them."""
+    process_cpu_count = getattr(os, "process_cpu_count", None)  # Python 3.13+
+    if process_cpu_count is not None:
+        return int(process_cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _workers(raw: str) -> int:
+    if not raw:
+        return 1
+    if raw == "auto":
+        return available_cores()
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise SettingsError(
+            f"WORKERS={raw!r} is a number of server processes from 1 to {MAX_WORKERS}, "
+            "or auto (one per core)"
+        )
+    return count
 
 
 def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -5,6 +5,7 @@ restart and `make token` signs alike; the development token goes to the terminal
 stdout or stderr. A taken port and a weak secret are said plainly, and `make reset` starts over.
 """
 
+import contextlib
 import json
 import os
 import pty
@@ -22,10 +23,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 
 from tests.conftest import PROJECT_ROOT
 
 START_TIMEOUT_S = 90
+# `make run` as it starts by default, and with worker processes (gql/workers.py): the parent
+# migrates and shows the token once, every worker signs and serves alike.
+WORKERS = pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
 
 
 def free_port() -> int:
@@ -49,15 +54,16 @@ def wait_until_healthy(base_url: str, running: Callable[[], bool], log_path: Pat
 
 
 @contextmanager
-def running_server(env_overrides: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Start `python -m gql serve` and yield its base URL once /healthz answers."""
+def server_process(
+    env_overrides: dict[str, str], log_path: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start `python -m gql serve`; yield its base URL once /healthz answers, and its process.
+
+    The server is stopped with SIGINT, as Ctrl-C stops `make run`; one that does not stop is
+    killed with its whole process group, worker processes included.
+    """
     port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "AUTH_SECRET", "WA_INBOX_DATA_DIR"}
-    }
-    env.update({"HOST": "127.0.0.1", "PORT": str(port), **env_overrides})
+    env = server_environment({"HOST": "127.0.0.1", "PORT": str(port), **env_overrides})
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "gql", "serve"],
@@ -72,14 +78,23 @@ def running_server(env_overrides: dict[str, str], log_path: Path) -> Iterator[st
         base_url = f"http://127.0.0.1:{port}"
         try:
             wait_until_healthy(base_url, lambda: process.poll() is None, log_path)
-            yield base_url
+            yield base_url, process
         finally:
-            process.send_signal(signal.SIGINT)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@contextmanager
+def running_server(env_overrides: dict[str, str], log_path: Path) -> Iterator[str]:
+    """Start `python -m gql serve` and yield its base URL once /healthz answers."""
+    with server_process(env_overrides, log_path) as (base_url, _):
+        yield base_url
 
 
 def server_environment(overrides: dict[str, str]) -> dict[str, str]:
@@ -132,13 +147,18 @@ def ingest_read_and_mark(base_url: str, token: str) -> None:
     assert marked.json()["data"]["markRead"]["totalUnread"] == 0
 
 
+@WORKERS
 def test_development_tokens_survive_a_restart_and_never_reach_stdout_or_stderr(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, workers: str
 ) -> None:
     # The plain postgresql:// form operators paste from their provider is accepted too.
     plain_url = database_url.replace("postgresql+asyncpg://", "postgresql://")
     data_dir = tmp_path / "data"
-    overrides = {"DATABASE_URL": plain_url, "WA_INBOX_DATA_DIR": str(data_dir)}
+    overrides = {
+        "DATABASE_URL": plain_url,
+        "WA_INBOX_DATA_DIR": str(data_dir),
+        "WORKERS": workers,
+    }
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     with running_server(overrides, first_log) as base_url:
         assert httpx.get(f"{base_url}/readyz").json()["status"] == "ok"
@@ -156,7 +176,7 @@ def test_development_tokens_survive_a_restart_and_never_reach_stdout_or_stderr(
         text = log.read_text()
         assert "Bearer" not in text
         assert secret_file.read_text().strip() not in text
-        assert "no terminal to show the development token on" in text
+        assert text.count("no terminal to show the development token on") == 1
         assert "make token" in text
 
 
@@ -175,12 +195,15 @@ def test_with_an_auth_secret_no_development_secret_is_kept(
     assert "development" not in (tmp_path / "server.log").read_text()
 
 
-def read_until(descriptor: int, pattern: str, timeout_s: float) -> str:
-    """What the terminal shows until `pattern` appears (or the time is up)."""
+def read_until(descriptor: int, pattern: str, timeout_s: float, *, expect: bool = True) -> str:
+    """What the terminal shows until `pattern` appears (or the time is up, which fails the
+    test unless `expect` is False)."""
     seen = b""
     deadline = time.monotonic() + timeout_s
     while re.search(pattern, seen.decode(errors="replace")) is None:
         left = deadline - time.monotonic()
+        if left <= 0 and not expect:
+            break
         assert left > 0, seen.decode(errors="replace")
         ready, _, _ = select.select([descriptor], [], [], left)
         if ready:
@@ -194,8 +217,9 @@ def read_until(descriptor: int, pattern: str, timeout_s: float) -> str:
     return seen.decode(errors="replace")
 
 
+@WORKERS
 def test_on_a_terminal_the_token_and_a_graphiql_link_go_to_the_terminal_only(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, workers: str
 ) -> None:
     port = free_port()
     log_path = tmp_path / "server.log"
@@ -205,6 +229,7 @@ def test_on_a_terminal_the_token_and_a_graphiql_link_go_to_the_terminal_only(
             "WA_INBOX_DATA_DIR": str(tmp_path / "data"),
             "HOST": "127.0.0.1",
             "PORT": str(port),
+            "WORKERS": workers,
         }
     )
     child, terminal = pty.fork()
@@ -226,6 +251,9 @@ def test_on_a_terminal_the_token_and_a_graphiql_link_go_to_the_terminal_only(
         wait_until_healthy(base_url, lambda: os.waitpid(child, os.WNOHANG) == (0, 0), log_path)
         ingest_read_and_mark(base_url, token.group(1))
         assert "Bearer" not in log_path.read_text()
+        # Shown once, by the process that was started, not again by each worker.
+        shown += read_until(terminal, r"(?!)", timeout_s=1, expect=False)
+        assert shown.count("Bearer ") == 1, shown
     finally:
         os.kill(child, signal.SIGINT)
         deadline = time.monotonic() + 20
@@ -312,10 +340,13 @@ def test_make_reset_asks_before_deleting_the_embedded_data(tmp_path: Path) -> No
     assert "nothing to reset" in make("reset", f"DATA_DIR={data_dir}", "FORCE=1").stdout
 
 
-def test_serve_without_database_url_runs_on_an_embedded_postgresql(tmp_path: Path) -> None:
+@WORKERS
+def test_serve_without_database_url_runs_on_an_embedded_postgresql(
+    tmp_path: Path, workers: str
+) -> None:
     log_path = tmp_path / "server.log"
     data_dir = tmp_path / "pgdata"
-    overrides = {"WA_INBOX_DATA_DIR": str(data_dir), "AUTH_SECRET": "x" * 40}
+    overrides = {"WA_INBOX_DATA_DIR": str(data_dir), "AUTH_SECRET": "x" * 40, "WORKERS": workers}
     with running_server(overrides, log_path) as base_url:
         assert httpx.get(f"{base_url}/readyz").json()["status"] == "ok"
         token = subprocess.run(
