@@ -728,7 +728,11 @@ class FanOutHub:
         ping = {TRANSPORT_WS: '{"type":"ping"}', LEGACY_WS: '{"type":"ka"}'}
         while True:
             await asyncio.sleep(self.limits.keepalive_s)
-            for outlet in list(self._outlets):
+            for sent, outlet in enumerate(list(self._outlets), start=1):
+                if sent % YIELD_EVERY_MEMBERS == 0:
+                    # 5,000 pings in one go held the loop for ~60 ms every keepalive_s: a
+                    # request arriving then waited that long (issue 15).
+                    await asyncio.sleep(0)
                 outlet.push(ping[outlet.protocol])
 
     # --- the cross-instance listener -----------------------------------------------------
