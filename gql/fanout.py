@@ -52,7 +52,6 @@ NEW_MESSAGE = "newMessage"
 UNREAD_COUNT_CHANGED = "unreadCountChanged"
 THREAD_MERGED = "threadMerged"
 
-
 YIELD_EVERY_MEMBERS = 25
 
 TRANSPORT_WS = "graphql-transport-ws"
