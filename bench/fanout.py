@@ -29,6 +29,12 @@ deliveries, commit-to-first-subscriber latency, ingest request latency with N su
 with none (same server process, just before), server RSS per subscriber, server CPU per
 delivery (utime+stime of the server process over the M messages, divided by N*M: it includes
 the M ingests themselves, which the baseline shows to be small), and missed deliveries.
+The JSON also has, with and without subscribers, the time from the message's createdAt to the
+ingest's response reaching the client (`response_after_commit_*`): the part of the request
+that runs while the fan-out of its own message has started.
+
+`--ws lean|websockets-sansio|websockets|wsproto` serves the websockets with that uvicorn
+implementation instead of `gql serve`'s own (bench/fanout_server.py), to compare them.
 
 Client design. The receiving connections live in worker processes (`--workers`, default 1),
 each one uvloop event loop (asyncio's own if uvloop is missing) whose per-frame work is: stamp
@@ -225,8 +231,13 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(database_env: dict[str, str], log_path: Path) -> Iterator[Server]:
-    """`python -m gql serve` on a free port; yields once /healthz answers."""
+def running_server(
+    database_env: dict[str, str], log_path: Path, ws: str | None = None
+) -> Iterator[Server]:
+    """`python -m gql serve` on a free port; yields once /healthz answers.
+
+    `ws` names another uvicorn websocket implementation (bench/fanout_server.py).
+    """
     port = free_port()
     env = {
         key: value
@@ -241,8 +252,9 @@ def running_server(database_env: dict[str, str], log_path: Path) -> Iterator[Ser
         **database_env,
     )
     with log_path.open("ab") as log:
+        command = ["-m", "gql", "serve"] if ws is None else ["-m", "bench.fanout_server", ws]
         process = subprocess.Popen(
-            [sys.executable, "-m", "gql", "serve"],
+            [sys.executable, *command],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=log,
@@ -610,14 +622,19 @@ def _summary(values: list[float]) -> dict[str, float | None]:
 
 
 def measure(
-    subscribers: int, messages: int, workers: int, database_env: dict[str, str], log_path: Path
+    subscribers: int,
+    messages: int,
+    workers: int,
+    database_env: dict[str, str],
+    log_path: Path,
+    ws: str | None = None,
 ) -> dict[str, Any]:
     from domain.access import Role
     from gql.auth import issue_token
 
     offset = log_path.stat().st_size if log_path.exists() else 0
     result: dict[str, Any] = {"subscribers": subscribers, "messages": messages}
-    with running_server(database_env, log_path) as server:
+    with running_server(database_env, log_path, ws) as server:
         inbox = Inbox(
             server.base_url,
             issue_token(AUTH_SECRET, user_id="bench", business_id=BUSINESS_ID, role=Role.SERVICE),
@@ -626,10 +643,14 @@ def measure(
             for _ in range(SERVER_WARMUP_INGESTS):
                 inbox.ingest()
             baseline = []
+            baseline_after_commit = []
             for _ in range(messages):  # paced like the measured messages below
-                baseline.append(inbox.ingest()[0])
+                latency, created, answered = inbox.ingest()
+                baseline.append(latency)
+                baseline_after_commit.append(answered - created)
                 time.sleep(PAUSE_S)
             result["ingest_without_subscribers"] = _summary(baseline)
+            result["response_after_commit_without_subscribers"] = _summary(baseline_after_commit)
             expected_total = inbox.unread_count()
             rss_before = rss_kb(server.pid)
             tokens = [
@@ -719,12 +740,14 @@ def _subscribed_phase(
             arrivals.setdefault(total, []).extend(stamps)
     last: list[float] = []
     first: list[float] = []
+    after_commit: list[float] = []
     every: list[float] = []
     per_message: list[dict[str, Any]] = []
     missed = 0
     for (total, created, answered), latency in zip(sent, ingest_latencies, strict=True):
         stamps = arrivals.get(total, [])
         missed += opened - len(stamps)
+        after_commit.append(answered - created)
         row: dict[str, Any] = {
             "ingest_ms": _ms(latency),
             "response_after_commit_ms": _ms(answered - created),
@@ -748,6 +771,7 @@ def _subscribed_phase(
             "commit_to_first_delivery": _summary(first),
             "commit_to_delivery_all": _summary(every),
             "ingest_with_subscribers": _summary(ingest_latencies),
+            "response_after_commit_with_subscribers": _summary(after_commit),
             "missed_deliveries": missed,
             "messages_sent": len(sent),
             "message_timeouts": timeouts,
@@ -826,6 +850,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes holding the subscribers (default 1)"
     )
+    parser.add_argument(
+        "--ws",
+        choices=["lean", "websockets-sansio", "websockets", "wsproto"],
+        help="serve websockets with this uvicorn implementation instead of gql serve's own "
+        "(bench/fanout_server.py; lean is gql/live_protocol.py)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--smoke", action="store_true", help="20 subscribers, 3 messages")
     args = parser.parse_args(argv)
@@ -843,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="wa-inbox-bench-"))
     log_path = scratch / "server.log"
     mode = "a fresh server process per subscriber count"
+    ws_description = args.ws or "gql serve's own"
     results: list[dict[str, Any]] = []
     completed = False
     try:
@@ -850,12 +881,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fan-out benchmark: {mode}; {database_description}", flush=True)
             print(
                 f"subscribers {args.subscribers}, {args.messages} messages each, "
-                f"{args.workers} subscriber process(es), server log {log_path}",
+                f"{args.workers} subscriber process(es), websockets: {ws_description}, "
+                f"server log {log_path}",
                 flush=True,
             )
             for count in args.subscribers:
                 started = time.monotonic()
-                result = measure(count, args.messages, args.workers, database_env, log_path)
+                result = measure(
+                    count, args.messages, args.workers, database_env, log_path, args.ws
+                )
                 results.append(result)
                 print(
                     f"  {count} subscribers done in {time.monotonic() - started:.0f} s "
@@ -886,6 +920,7 @@ def main(argv: list[str] | None = None) -> int:
         "database": database_description,
         "messages": args.messages,
         "workers": args.workers,
+        "ws": ws_description,
         "cpus": os.cpu_count(),
         "finished_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "results": results,

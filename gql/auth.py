@@ -24,7 +24,7 @@ CLOCK_SKEW_LEEWAY_S = 30
 MAX_SUBJECT_LENGTH = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per open websocket: no __dict__ (issue 15)
 class Principal:
     user_id: str
     business_id: int

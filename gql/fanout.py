@@ -22,7 +22,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -129,22 +129,29 @@ class Outlet:
         self.protocol = protocol
         self.limits = limits
         self.closed = False
-        self._frames: deque[str] = deque()
+        self._frames: deque[str] | None = None
         self._coalesced: dict[tuple[str, int], str] = {}
         self._drain_task: asyncio.Task[None] | None = None
         self._closing_task: asyncio.Task[None] | None = None
 
     @property
     def backlog(self) -> int:
-        return len(self._frames)
+        return len(self._frames) if self._frames is not None else 0
 
     def push(self, frame: str) -> None:
         if self.closed:
             return
-        if len(self._frames) >= self.limits.outbox_hard_limit:
+        frames = self._frames
+        if frames is None:
+            if self._drain_task is None and not self._coalesced:
+                self._write(frame)
+                return
+            # Only a socket that cannot take a frame now gets a queue (~0.7 KB, issue 15).
+            frames = self._frames = deque()
+        elif len(frames) >= self.limits.outbox_hard_limit:
             self._give_up()
             return
-        self._frames.append(frame)
+        frames.append(frame)
         self._flush()
 
     def _give_up(self) -> None:
@@ -165,29 +172,42 @@ class Outlet:
         coalesced[key] = frame
         self._flush()
 
+    def _waiting(self) -> bool:
+        return bool(self._frames or self._coalesced)
+
     def _next_frame(self) -> str:
-        if self._frames:
-            return self._frames.popleft()
+        frames = self._frames
+        if frames:
+            frame = frames.popleft()
+            if not frames:
+                self._frames = None
+            return frame
         key = next(iter(self._coalesced))
         return self._coalesced.pop(key)
+
+    def _write(self, frame: str) -> bool:
+        """Write `frame` now, or hand its rest to the drain task; False once the socket is gone."""
+        try:
+            rest = _send_eagerly(self.websocket.send_text(frame))
+        except Exception as failure:
+            self._gone(failure)
+            return False
+        if rest is not None:
+            self._drain_task = asyncio.create_task(self._drain(rest))
+            return False
+        return True
 
     def _flush(self) -> None:
         if self._drain_task is not None or self.closed:
             return  # the drain task writes what is queued, in order
-        while self._frames or self._coalesced:
-            try:
-                rest = _send_eagerly(self.websocket.send_text(self._next_frame()))
-            except Exception as failure:
-                self._gone(failure)
-                return
-            if rest is not None:
-                self._drain_task = asyncio.create_task(self._drain(rest))
+        while self._waiting():
+            if not self._write(self._next_frame()):
                 return
 
     async def _drain(self, rest: _Continuation) -> None:
         try:
             await rest
-            while self._frames or self._coalesced:
+            while self._waiting():
                 await self.websocket.send_text(self._next_frame())
         except Exception as failure:
             self._gone(failure)
@@ -198,12 +218,12 @@ class Outlet:
         # The client is gone; its handler unregisters it when the socket reports the close.
         log.debug("websocket write failed: %s", type(failure).__name__)
         self.closed = True
-        self._frames.clear()
+        self._frames = None
         self._coalesced.clear()
 
     async def close(self) -> None:
         self.closed = True
-        self._frames.clear()
+        self._frames = None
         self._coalesced.clear()
         task = self._drain_task
         if task is not None:
@@ -225,16 +245,22 @@ def _errors_payload(protocol: str, errors: list[dict[str, Any]]) -> str:
 
 
 class Member:
-    """One subscription operation of one connection."""
+    """One subscription operation of one connection.
 
-    __slots__ = ("audience", "done", "operation_id", "outlet", "prefix")
+    No task waits on it: `released` tells the connection's handler when the hub ended it
+    (a task and an event per subscription cost ~2 KB per subscriber, issue 15).
+    """
 
-    def __init__(self, outlet: Outlet, operation_id: str) -> None:
+    __slots__ = ("audience", "operation_id", "outlet", "prefix", "released")
+
+    def __init__(
+        self, outlet: Outlet, operation_id: str, released: Callable[[], None] | None
+    ) -> None:
         self.outlet = outlet
         self.operation_id = operation_id
         kind = "data" if outlet.protocol == LEGACY_WS else "next"
         self.prefix = f'{{"id":{json.dumps(operation_id)},"type":"{kind}","payload":'
-        self.done = asyncio.Event()
+        self.released = released
         self.audience: Audience | None = None
 
     def end(self, errors: list[dict[str, Any]] | None = None) -> None:
@@ -246,7 +272,9 @@ class Member:
             )
         if errors is None or protocol == LEGACY_WS:
             self.outlet.push(_frame(protocol, "complete", self.operation_id))
-        self.done.set()
+        released, self.released = self.released, None
+        if released is not None:
+            released()
 
 
 @dataclass(eq=False)
@@ -354,6 +382,39 @@ class FanOutHub:
         self._outlets.discard(outlet)
         await outlet.close()
 
+    async def subscribe(
+        self,
+        outlet: Outlet,
+        principal: Principal,
+        operation_id: str,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+        released: Callable[[], None] | None = None,
+    ) -> Member | None:
+        """Register one subscription; None when it was refused (its error is sent).
+
+        It lasts until `leave` (complete, disconnect) or until the hub ends it (lag), which
+        calls `released`.
+        """
+        member = Member(outlet, operation_id, released)
+        try:
+            audience = self._audience_for(principal, query, variables, operation_name)
+        except GraphQLError as error:
+            member.end([dict(shape_error(error, operation_id).formatted)])
+            return None
+        except DomainError as error:
+            member.end([{"message": error.message, "extensions": {"code": error.code}}])
+            return None
+        try:
+            await self._follow_merges(audience)
+        except BaseException:
+            self._drop_if_empty(audience)
+            raise
+        audience.members[id(member)] = member
+        member.audience = audience
+        return member
+
     async def serve(
         self,
         outlet: Outlet,
@@ -364,26 +425,16 @@ class FanOutHub:
         operation_name: str | None,
     ) -> None:
         """Serve one subscription until it ends (lag) or is cancelled (complete, disconnect)."""
-        member = Member(outlet, operation_id)
-        try:
-            audience = self._audience_for(principal, query, variables, operation_name)
-        except GraphQLError as error:
-            member.end([dict(shape_error(error, operation_id).formatted)])
-            return
-        except DomainError as error:
-            member.end([{"message": error.message, "extensions": {"code": error.code}}])
+        ended = asyncio.Event()
+        member = await self.subscribe(
+            outlet, principal, operation_id, query, variables, operation_name, ended.set
+        )
+        if member is None:
             return
         try:
-            await self._follow_merges(audience)
-        except BaseException:
-            self._drop_if_empty(audience)
-            raise
-        audience.members[id(member)] = member
-        member.audience = audience
-        try:
-            await member.done.wait()
+            await ended.wait()
         finally:
-            self._leave(member)
+            self.leave(member)
 
     async def _follow_merges(self, audience: Audience) -> None:
         """A `newMessage(threadId:)` of a thread merged away before it subscribed (an old link)
@@ -402,7 +453,8 @@ class FanOutHub:
         if audience.thread_filter == asked:  # unless a merge event moved it meanwhile
             audience.thread_filter = current
 
-    def _leave(self, member: Member) -> None:
+    def leave(self, member: Member) -> None:
+        """Unregister a subscription (complete, disconnect); nothing is sent."""
         audience = member.audience
         if audience is None:
             return
@@ -650,7 +702,7 @@ class FanOutHub:
 
     def _lagged(self, member: Member) -> None:
         self.metrics.live_subscribers_lagged += 1
-        self._leave(member)
+        self.leave(member)
         member.end(
             [
                 {
@@ -694,7 +746,11 @@ class FanOutHub:
         ping = {TRANSPORT_WS: '{"type":"ping"}', LEGACY_WS: '{"type":"ka"}'}
         while True:
             await asyncio.sleep(self.limits.keepalive_s)
-            for outlet in list(self._outlets):
+            for sent, outlet in enumerate(list(self._outlets), start=1):
+                if sent % YIELD_EVERY_MEMBERS == 0:
+                    # 5,000 pings in one go held the loop for ~60 ms every keepalive_s: a
+                    # request arriving then waited that long (issue 15).
+                    await asyncio.sleep(0)
                 outlet.push(ping[outlet.protocol])
 
     # --- the cross-instance listener -----------------------------------------------------

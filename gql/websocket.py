@@ -39,7 +39,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from domain.errors import Unauthenticated
 from gql.auth import Principal, authenticate
-from gql.fanout import LEGACY_WS, TRANSPORT_WS, FanOutHub, Outlet
+from gql.fanout import LEGACY_WS, TRANSPORT_WS, FanOutHub, Member, Outlet
 from gql.http import checked_document
 from gql.persisted_documents import DocumentRefused, PersistedDocuments, names_persisted_document
 
@@ -293,6 +293,9 @@ class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketCon
             return
         if self.connection_init_timeout_task:
             self.connection_init_timeout_task.cancel()
+            # Strawberry keeps the finished task for the life of the socket (~0.9 KB per
+            # subscriber, issue 15); the loop holds it until its cancellation has run.
+            self.connection_init_timeout_task = None
         # A null payload carries no token: refused with 4403 like an empty one, not 4400.
         payload = message.get("payload") or {}
         if not isinstance(payload, dict):
@@ -304,35 +307,103 @@ class TransportWSHandler(_OutboxHandler, BaseGraphQLTransportWSHandler[SocketCon
         self.connection_init_received = True
         await self.acknowledge_or_refuse(payload)
 
-    async def run_operation(self, operation: Operation[SocketContext, None]) -> None:
+    async def handle_subscribe(self, message: Any) -> None:
+        # Strawberry 0.341's own, but a subscription is registered with the hub right here
+        # instead of in a task of its own that waits for its end: the hub's member is the
+        # subscription (a task, its frames and an event cost ~2 KB per subscriber, issue 15).
+        # Queries and mutations sent over the socket still run in a task.
+        if not self.connection_acknowledged:
+            await self.websocket.close(code=4401, reason="Unauthorized")
+            return
+        operation_id = message["id"]
+        if operation_id in self.operations:
+            reason = f"Subscriber for {operation_id} already exists"
+            await self.websocket.close(code=4409, reason=reason)
+            return
+        limit = self.max_subscriptions_per_connection
+        if limit is not None and len(self.operations) >= limit:
+            error = GraphQLError("Subscription limit reached")
+            await self.send_message(
+                {"id": operation_id, "type": "error", "payload": [error.formatted]}
+            )
+            return
+        payload = message["payload"]
+        operation = LiveOperation(
+            self,
+            operation_id,
+            payload["query"],
+            payload.get("variables"),
+            payload.get("operationName"),
+        )
+        self.operations[operation_id] = operation
+        if _is_subscription(self.schema, operation.query, operation.operation_name):  # type: ignore[arg-type]
+            await self._subscribe(operation)
+        else:
+            operation.task = asyncio.create_task(self.run_operation(operation))
+            operation.task.add_done_callback(self._task_done)
+
+    async def _subscribe(self, operation: "LiveOperation") -> None:
         context = self.context
         assert context.outlet is not None
         assert context.principal is not None
         try:
-            if _is_subscription(self.schema, operation.query, operation.operation_name):  # type: ignore[arg-type]
-                await self.view.hub.serve(
-                    context.outlet,
-                    context.principal,
-                    operation.id,
-                    operation.query,
-                    operation.variables,
-                    operation.operation_name,
-                )
-            else:
-                body = await self.view.execute_once(
-                    context, operation.query, operation.variables, operation.operation_name
-                )
-                await self.send_message({"id": operation.id, "type": "next", "payload": body})
-                await self.send_message({"id": operation.id, "type": "complete"})
+            operation.member = await self.view.hub.subscribe(
+                context.outlet,
+                context.principal,
+                operation.id,
+                operation.query,
+                operation.variables,
+                operation.operation_name,
+                released=lambda: self._forget(operation),
+            )
+        except Exception:
+            log.exception("[WA-LIVE] operation %s failed", operation.id)
+            self._forget(operation)
+            await self.send_message(
+                {"id": operation.id, "type": "error", "payload": [INTERNAL_ERROR]}
+            )
+
+    def _forget(self, operation: Operation[SocketContext, None]) -> None:
+        # The client may already have reused this id for a new operation.
+        if self.operations.get(operation.id) is operation:
+            del self.operations[operation.id]
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        operation = self.operations.get(operation_id)
+        if isinstance(operation, LiveOperation) and operation.task is None:
+            del self.operations[operation_id]
+            if operation.member is not None:
+                self.view.hub.leave(operation.member)
+            return
+        await super().cleanup_operation(operation_id)
+
+    async def run_operation(self, operation: Operation[SocketContext, None]) -> None:
+        """A query or mutation sent over the socket (subscriptions have no task)."""
+        context = self.context
+        try:
+            body = await self.view.execute_once(
+                context, operation.query, operation.variables, operation.operation_name
+            )
+            await self.send_message({"id": operation.id, "type": "next", "payload": body})
+            await self.send_message({"id": operation.id, "type": "complete"})
         except Exception:
             log.exception("[WA-LIVE] operation %s failed", operation.id)
             await self.send_message(
                 {"id": operation.id, "type": "error", "payload": [INTERNAL_ERROR]}
             )
         finally:
-            # The client may already have reused this id for a new operation.
-            if self.operations.get(operation.id) is operation:
-                del self.operations[operation.id]
+            self._forget(operation)
+
+
+class LiveOperation(Operation[SocketContext, None]):
+    """An operation of a graphql-transport-ws socket: a subscription's hub member stands in
+    for the task Strawberry would give it."""
+
+    __slots__ = ("member",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.member: Member | None = None
 
 
 class LegacyWSHandler(_OutboxHandler, BaseGraphQLWSHandler[SocketContext, None]):

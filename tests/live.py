@@ -10,6 +10,7 @@ import uvicorn
 from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 
+from gql.live_protocol import LeanWebSocketsProtocol
 from tests.conftest import token_for
 
 TRANSPORT_WS = "graphql-transport-ws"
@@ -18,14 +19,17 @@ LEGACY_WS = "graphql-ws"
 
 @contextlib.asynccontextmanager
 async def serving(app: Starlette, **options: Any) -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on a free port of 127.0.0.1; yields the ws:// URL of /graphql."""
+    """Serve `app` with uvicorn on a free port of 127.0.0.1; yields the ws:// URL of /graphql.
+
+    Websockets use the protocol gql/live_protocol.py gives uvicorn, unless `options` say.
+    """
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
         log_level="warning",
         lifespan="off",  # the app fixture runs the lifespan already
-        **{"ws": "websockets-sansio", "ws_per_message_deflate": False, **options},
+        **{"ws": LeanWebSocketsProtocol, "ws_per_message_deflate": False, **options},
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

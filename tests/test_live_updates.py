@@ -389,6 +389,34 @@ async def test_server_sends_keepalive_pings(settings: Settings) -> None:
                 assert json.loads(raw)["type"] == ping
 
 
+class RecordingWebSocket:
+    def __init__(self, first_sent: asyncio.Event) -> None:
+        self.first_sent = first_sent
+        self.sent: list[str] = []
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(text)
+        self.first_sent.set()
+
+
+async def test_keepalive_pings_to_many_sockets_let_requests_run_between_slices(
+    settings: Settings,
+) -> None:
+    async with app_with_limits(settings, FanOutLimits(keepalive_s=0.05)) as app:
+        hub = app.state.hub
+        first_sent = asyncio.Event()
+        sockets = [RecordingWebSocket(first_sent) for _ in range(1000)]
+        outlets = [hub.open_outlet(socket, TRANSPORT_WS) for socket in sockets]
+        try:
+            await asyncio.wait_for(first_sent.wait(), 5)
+            # This task got the loop back while the round of pings was under way.
+            pinged = sum(1 for socket in sockets if socket.sent)
+            assert 0 < pinged < len(sockets)
+        finally:
+            for outlet in outlets:
+                await hub.close_outlet(outlet)
+
+
 async def test_websocket_messages_are_bounded_in_size(app: Starlette, settings: Settings) -> None:
     options = websocket_server_options(settings)
     async with (
