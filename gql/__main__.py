@@ -123,13 +123,16 @@ def write_to_terminal(text: str) -> bool:
 
 
 def websocket_server_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's websocket options: bounded messages, no per-message compression.
+    """uvicorn's websocket options: bounded messages, no per-message compression, and its
+    sans-I/O protocol holding less per connection (gql/live_protocol.py).
 
     Compression would cost every subscriber its own zlib state (tens of KB) for payloads of
     a few hundred bytes; frames from clients are small, so anything larger is refused.
     """
+    from gql.live_protocol import LeanWebSocketsProtocol
+
     return {
-        "ws": "websockets-sansio",
+        "ws": LeanWebSocketsProtocol,
         "ws_max_size": settings.ws_max_message_bytes,
         "ws_per_message_deflate": False,
         "ws_ping_interval": 20.0,
