@@ -130,11 +130,16 @@ async def run_statement(
                 driver = (await connection.get_raw_connection()).driver_connection
                 try:
                     return await work(DriverStatements(connection.sync_connection, driver))
-                except asyncpg.PostgresError:
-                    raise  # the server refused the statement: the connection is fine
+                except Exception as refused:
+                    if not isinstance(refused, asyncpg.PostgresError) and not isinstance(
+                        refused.__cause__, asyncpg.PostgresError
+                    ):
+                        # Lost mid-statement: asyncpg may not go on with this connection.
+                        await connection.invalidate()
+                    raise  # else the server refused the statement: the connection is fine
                 except BaseException:
-                    # Lost, or cancelled mid-statement: asyncpg may not be able to go on
-                    # with this connection, so it is never pooled again.
+                    # Cancelled mid-statement: asyncpg may not be able to go on with this
+                    # connection, so it is never pooled again.
                     await connection.invalidate()
                     raise
         except Exception as error:

@@ -8,9 +8,11 @@ request's messages kept together and in their order. A request that arrives whil
 flight goes at once: no request waits for a timer.
 
 Each request still answers only after its own messages are committed, with their own
-outcomes. A statement that fails stores nothing it had not stored yet; when it carried several
-requests, each request's remaining messages are then stored in a statement of their own, so a
-message that breaks a constraint fails its own request only, never its neighbours'.
+outcomes. A statement that PostgreSQL refuses stores nothing; when it carried several requests,
+each request's remaining messages are then stored in a statement of their own, so a message
+that breaks a constraint fails its own request only, never its neighbours'. A statement whose
+connection died while it ran may have committed: it is never stored again, and every request
+in it fails (their clients retry, and a retry with a provider id finds it stored).
 """
 
 import asyncio
@@ -18,9 +20,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from db.errors import sqlstate_of
 from db.unit_of_work import Sessions
-from domain.errors import BadInput
+from domain.errors import BadInput, DomainError
 from domain.messages import (
+    MAX_MESSAGES_PER_STATEMENT,
     CheckedMessage,
     IncomingMessage,
     IngestOutcome,
@@ -60,7 +64,7 @@ class GroupCommit:
         metrics: InboxMetrics,
         *,
         max_in_flight: int = 2,
-        max_messages: int = 500,
+        max_messages: int = MAX_MESSAGES_PER_STATEMENT,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
@@ -132,7 +136,7 @@ class GroupCommit:
     ) -> None:
         try:
             failure = await self._store_answering(business_id, [w for g in batch for w in g])
-            if failure is not None and len(batch) > 1:
+            if failure is not None and len(batch) > 1 and _rolled_back(failure):
                 # Another request's message may be what failed: each group on its own now.
                 log.warning(
                     "[WA-SESSION] a statement of %d requests' messages for business_id=%s "
@@ -146,7 +150,11 @@ class GroupCommit:
                     if unanswered:
                         await self._store_answering(business_id, unanswered, final=True)
             elif failure is not None:
-                _fail(batch[0], failure)
+                # One request's own failure, or an outcome nobody knows (the connection died
+                # while the statement ran: it may have committed, and storing again could
+                # store twice): every request still waiting hears of it.
+                for group in batch:
+                    _fail(group, failure)
         except BaseException:  # cancelled at shutdown: no request waits forever
             for group in batch:
                 for waiting in group:
@@ -187,6 +195,16 @@ class GroupCommit:
                     each.answer.cancel()
             raise
         return None
+
+
+def _rolled_back(failure: Exception) -> bool:
+    """Whether `failure` proves its statement stored nothing: PostgreSQL refused it (a
+    statement in autocommit that fails is rolled back whole), or a domain rule did."""
+    if isinstance(failure, DomainError):
+        return True
+    sqlstate = sqlstate_of(failure)
+    # Class 08 is the connection's own failure (asyncpg reports a lost one so), not a refusal.
+    return sqlstate is not None and not sqlstate.startswith("08")
 
 
 def _fail(group: list[_Waiting], failure: Exception) -> None:

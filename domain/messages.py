@@ -37,6 +37,10 @@ MAX_MESSAGE_TYPE_LENGTH = 32
 MAX_CONTACT_NAME_LENGTH = 256
 MAX_MEDIA_ID_LENGTH = 128
 SYSTEM_MESSAGE_TYPE = "system"
+# A statement holds an advisory lock per provider id and per customer name of its messages
+# until it commits, in PostgreSQL's shared lock table (max_locks_per_transaction x
+# max_connections entries: 6,400 by default); bounded so a pool of concurrent deliveries fits.
+MAX_MESSAGES_PER_STATEMENT = 64
 
 
 @dataclass(frozen=True)
@@ -261,9 +265,10 @@ async def store_checked_messages(
     on_outcome: Callable[[CheckedMessage, IngestOutcome | BadInput], None] | None = None,
 ) -> list[IngestOutcome | BadInput]:
     """Store checked messages of one business in order, each once, in as few statements as
-    their threads allow: one for all of them when every thread is settled or new
-    (db/message_ingest.py), and a round of the general path for each message that must link,
-    merge or re-key threads, or meets a status or revision that came first.
+    their threads allow: one for every MAX_MESSAGES_PER_STATEMENT of them when their threads
+    are settled or new (db/message_ingest.py), and a round of the general path for each
+    message that must link, merge or re-key threads, or meets a status or revision that came
+    first.
 
     A message the general path refuses (BadInput) is answered as refused; the rest go on.
     `on_outcome` hears of each message once it is committed, so the caller can announce it
@@ -280,7 +285,7 @@ async def store_checked_messages(
     serialized = False
     taken = 0
     while len(outcomes) < len(checked):
-        rest = checked[len(outcomes) :]
+        rest = checked[len(outcomes) : len(outcomes) + MAX_MESSAGES_PER_STATEMENT]
         if serialized:
             settled(rest[0], await _store_by_rules(sessions, rest[0], metrics, serialized=True))
             continue

@@ -11,7 +11,6 @@ _MAX_INPUT_LENGTH = 64
 _MAX_E164_LENGTH = 16  # "+" and at most 15 digits (ITU-T E.164)
 
 
-@functools.lru_cache(maxsize=16_384)
 def normalize_phone(raw: str, default_region: str) -> str:
     """Return `raw` as E.164 ("+972507654321"), or raise BadInput.
 
@@ -22,12 +21,18 @@ def normalize_phone(raw: str, default_region: str) -> str:
     `is_valid_number` lags real allocations (it refuses "+972501234567", a shape WhatsApp
     delivers), and dropping a customer's message is worse than storing an unusual number.
 
-    Remembered per spelling (a refusal is an exception, never remembered): the same customers
-    write all day, and parsing a number costs more than storing the message.
+    Remembered per trimmed spelling of at most 64 characters (a refusal is an exception,
+    never remembered): the same customers write all day, and parsing a number costs more than
+    storing the message.
     """
     text = raw.strip()
     if not text or len(text) > _MAX_INPUT_LENGTH or not is_storable(text):
         raise BadInput(f"phone {raw!r} is not a phone number")
+    return _normalized(text, default_region)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _normalized(text: str, default_region: str) -> str:
     possible: list[phonenumbers.PhoneNumber] = []
     for candidate, region in _readings(text, default_region):
         try:
@@ -35,18 +40,18 @@ def normalize_phone(raw: str, default_region: str) -> str:
         except phonenumbers.NumberParseException:
             continue
         if number.extension:
-            raise BadInput(f"phone {raw!r} has an extension; send the number alone")
+            raise BadInput(f"phone {text!r} has an extension; send the number alone")
         reason = phonenumbers.is_possible_number_with_reason(number)
         if reason == phonenumbers.ValidationResult.IS_POSSIBLE:
             possible.append(number)
     if not possible:
-        raise BadInput(f"phone {raw!r} is not a possible phone number")
+        raise BadInput(f"phone {text!r} is not a possible phone number")
     chosen = next((n for n in possible if phonenumbers.is_valid_number(n)), possible[0])
     e164 = _with_brazilian_ninth_digit(
         phonenumbers.format_number(chosen, phonenumbers.PhoneNumberFormat.E164)
     )
     if len(e164) > _MAX_E164_LENGTH or not _reads_back_as_itself(e164):
-        raise BadInput(f"phone {raw!r} is not a possible phone number")
+        raise BadInput(f"phone {text!r} is not a possible phone number")
     return e164
 
 

@@ -61,8 +61,8 @@ def _verified(token: str, secret: str) -> tuple[Principal, float]:
     so `authenticate` checks the expiry on every use.
     """
     claims = _decode(token, secret)
-    expires_at = claims["exp"]
-    return principal_from_claims(claims), float(expires_at)
+    # As PyJWT compares it: whole seconds.
+    return principal_from_claims(claims), float(int(claims["exp"]))
 
 
 def _decode(token: str, secret: str) -> dict[str, Any]:

@@ -9,9 +9,15 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
-from db import advisory_locks
+from db import advisory_locks, message_ingest
+from db.engine import build_engine, build_sessionmaker
 from db.tables import UNREAD_SHARDS
+from domain.group_commit import GroupCommit
+from domain.messages import IncomingMessage
+from domain.metrics import InboxMetrics
+from domain.models import Direction, Source
 from tests.conftest import (
     INGEST,
     PROJECT_ROOT,
@@ -91,11 +97,14 @@ async def test_a_delivery_costs_the_same_statements_with_one_message_or_a_hundre
     # Customers known first, so both deliveries find settled threads.
     await statements_of(messages_for(20, 1, prefix="wamid.first"))
     one = await statements_of(messages_for(1, 1, prefix="wamid.one"))
-    hundred = await statements_of(messages_for(20, 5, prefix="wamid.hundred"))
+    sixty = await statements_of(messages_for(20, 3, prefix="wamid.sixty"))
     new_customers = await statements_of(
         [text_message(f"wamid.new.{n}", sender=customer(100 + n)) for n in range(30)]
     )
-    assert one == hundred == new_customers, count_statements.statements
+    assert one == sixty == new_customers, count_statements.statements
+    # Beyond MAX_MESSAGES_PER_STATEMENT (64), one statement more per 64 (the lock table).
+    two_hundred = await statements_of(messages_for(20, 10, prefix="wamid.two-hundred"))
+    assert two_hundred == one + 3, count_statements.statements
 
 
 async def test_a_message_that_needs_linking_amid_a_delivery_keeps_the_order_of_every_thread(
@@ -282,3 +291,53 @@ async def test_concurrent_deliveries_keep_each_ones_order_in_every_thread(
     for n in range(15):
         mine = [row["body"] for row in rows if row["body"].startswith(f"{n}.")]
         assert mine == [f"{n}.{i}" for i in range(8)]
+
+
+async def test_a_shared_statement_whose_outcome_is_unknown_is_never_stored_again(
+    database_url: str, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies after the commit, before the answer: the messages are stored, and
+    storing them again (one request at a time) would store the one without a provider id
+    twice. Every request of that statement fails instead; their clients retry."""
+    real_store = message_ingest.store_messages
+    lost: list[int] = []
+
+    async def answer_lost_after_commit(
+        statements: Any, business_id: int, messages: Any
+    ) -> list[message_ingest.StoredRow]:
+        rows = await real_store(statements, business_id, messages)
+        if len(messages) > 1 and not lost:
+            lost.append(len(messages))
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed mid-operation")
+        return rows
+
+    monkeypatch.setattr(message_ingest, "store_messages", answer_lost_after_commit)
+    engine = build_engine(database_url)
+    try:
+        group_commit = GroupCommit(build_sessionmaker(engine), InboxMetrics(), max_in_flight=1)
+
+        def message(body: str, provider_id: str | None = None) -> IncomingMessage:
+            return IncomingMessage(
+                phone="+14155550100",
+                direction=Direction.INBOUND,
+                source=Source.CUSTOMER,
+                body=body,
+                provider_message_id=provider_id,
+            )
+
+        results = await asyncio.gather(
+            group_commit.ingest(1, message("first", "wamid.u.1"), default_region="US"),
+            group_commit.ingest(1, message("no provider id"), default_region="US"),
+            group_commit.ingest(1, message("third", "wamid.u.3"), default_region="US"),
+            return_exceptions=True,
+        )
+    finally:
+        await engine.dispose()
+    assert lost == [2]
+    assert [type(result).__name__ for result in results] == [
+        "IngestOutcome",
+        "ConnectionDoesNotExistError",
+        "ConnectionDoesNotExistError",
+    ]
+    bodies = await db.fetch("SELECT body FROM whatsapp_message ORDER BY seq")
+    assert [row["body"] for row in bodies] == ["first", "no provider id", "third"]

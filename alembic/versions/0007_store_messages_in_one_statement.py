@@ -10,8 +10,10 @@ rules of domain/messages.py and domain/customer_identities.py:
   `lock_many` takes them), then the threads those names lead to (row locks, by id; up to the
   first message that needs the general path, whose threads that path locks), then the
   business's unread shard rows (by shard, at the end). Deliveries crossing the same threads in
-  opposite orders therefore never deadlock, and a single ingest, a status or a merge, which
-  take the same kinds in the same order, never waits in a cycle with one;
+  opposite orders therefore never deadlock, nor does a single ingest or a status, which take
+  the same kinds in the same order. A merge (wa_inbox_merge_threads) moves its two threads'
+  shard counters in thread order, not shard order: a cycle with it is possible, PostgreSQL's
+  detector breaks it, and the side it rolls back is repeated whole;
 - a provider message id already stored for the business is a duplicate, answered without
   writing (looked for under the id's lock, which statuses and revisions take too);
 - a thread all of whose names lead to it, needing no re-keying and not another lead's, is
