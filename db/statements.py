@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    DateTime,
     RowMapping,
     String,
     and_,
@@ -433,12 +434,30 @@ async def set_conversation_status(
 # --- outbound delivery statuses ---------------------------------------------------------------
 
 
-def _status_rank(status: ColumnElement[Any]) -> ColumnElement[int]:
-    """Delivery progress as a number: a status only replaces a lower one; failed is final."""
+# Delivery progress; `failed` stands apart (see `_replaces`).
+_PROGRESS = {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
+
+
+def _replaces(
+    current: ColumnElement[Any],
+    current_at: ColumnElement[Any],
+    proposed: ColumnElement[Any],
+    proposed_at: ColumnElement[Any],
+) -> ColumnElement[bool]:
+    """Whether a status reported for an outbound message replaces the one it has.
+
+    Statuses only move forward (pending < sent < delivered < read < played), whatever order
+    the webhooks arrive in. A failure replaces any status short of played, and a delivered,
+    read or played reported after it replaces it (WhatsApp reports failed, then read, when a
+    retry of its own succeeded); "after" by the statuses' own times, so a redelivered old
+    failure cannot undo a later read, nor an old read a later failure.
+    """
+    not_earlier = current_at.is_(None) | (proposed_at >= current_at)
+    progress = case(_PROGRESS, value=current, else_=99) < case(_PROGRESS, value=proposed, else_=-1)
     return case(
-        {"pending": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4},
-        value=status,
-        else_=99,
+        (proposed == "failed", current.in_(["pending", "sent", "delivered", "read"]) & not_earlier),
+        (current == "failed", proposed.in_(["delivered", "read", "played"]) & not_earlier),
+        else_=progress,
     )
 
 
@@ -465,7 +484,8 @@ async def advance_message_status(
     error_code: int | None,
     error_title: str | None,
 ) -> RowMapping | None:
-    """Move an outbound message's status forward; None when it is not stored or already ahead."""
+    """Move an outbound message's status forward (`_replaces`); None when it is not stored or
+    its status stays."""
     proposed = cast(literal(status), String)
     result = await session.execute(
         update(messages)
@@ -473,7 +493,12 @@ async def advance_message_status(
             messages.c.business_id == business_id,
             messages.c.provider_message_id == provider_message_id,
             messages.c.direction == "out",
-            _status_rank(messages.c.status) < _status_rank(proposed),
+            _replaces(
+                messages.c.status,
+                messages.c.status_at,
+                proposed,
+                cast(literal(status_at), DateTime(timezone=True)),
+            ),
         )
         .values(status=status, status_at=status_at, error_code=error_code, error_title=error_title)
         .returning(*messages.c)
@@ -491,7 +516,7 @@ async def keep_pending_status(
     error_code: int | None,
     error_title: str | None,
 ) -> None:
-    """Keep a status for a message not stored yet; of several, the most advanced one wins."""
+    """Keep a status for a message not stored yet; of several, the one `_replaces` lets win."""
     proposed = insert(pending_statuses).values(
         business_id=business_id,
         provider_message_id=provider_message_id,
@@ -509,7 +534,12 @@ async def keep_pending_status(
                 "error_code": proposed.excluded.error_code,
                 "error_title": proposed.excluded.error_title,
             },
-            where=_status_rank(pending_statuses.c.status) < _status_rank(proposed.excluded.status),
+            where=_replaces(
+                pending_statuses.c.status,
+                pending_statuses.c.status_at,
+                proposed.excluded.status,
+                proposed.excluded.status_at,
+            ),
         )
     )
 

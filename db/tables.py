@@ -105,7 +105,8 @@ messages = Table(
         "(direction = 'in') = (source = 'customer')", name="ck_wa_msg_source_fits_direction"
     ),
     CheckConstraint(
-        "status IN ('received', 'pending', 'sent', 'delivered', 'read', 'failed', 'deleted')",
+        "status IN ('received', 'pending', 'sent', 'delivered', 'read', 'played', 'failed', "
+        "'deleted')",
         name="ck_wa_msg_status",
     ),
     Index("ix_wa_msg_thread_chronology", "conversation_id", "sent_at", "id"),
@@ -195,7 +196,8 @@ pending_statuses = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     PrimaryKeyConstraint("business_id", "provider_message_id", name="pk_wa_pending_status"),
     CheckConstraint(
-        "status IN ('sent', 'delivered', 'read', 'failed')", name="ck_wa_pending_status"
+        "status IN ('sent', 'delivered', 'read', 'played', 'failed')",
+        name="ck_wa_pending_status",
     ),
 )
 

@@ -1,7 +1,10 @@
 """Delivery statuses of outbound messages, as WhatsApp reports them: only ever forward.
 
-sent < delivered < read, and failed is final, whatever order the webhooks arrive in. A status
-for a message not stored yet is kept and applied when the message is stored.
+sent < delivered < read < played (a voice message listened to), whatever order the webhooks
+arrive in; a failure replaces any of them but played, and a delivered, read or played reported
+after it (by the statuses' times) replaces the failure: WhatsApp reports failed, then read, when
+a retry of its own succeeded (db/statements.py `_replaces`). A status for a message not stored
+yet is kept and applied when the message is stored.
 """
 
 from dataclasses import dataclass
@@ -15,7 +18,13 @@ from db.unit_of_work import Sessions, run_unit_of_work
 from domain.models import MessageStatus
 
 REPORTABLE_STATUSES = frozenset(
-    {MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.FAILED}
+    {
+        MessageStatus.SENT,
+        MessageStatus.DELIVERED,
+        MessageStatus.READ,
+        MessageStatus.PLAYED,
+        MessageStatus.FAILED,
+    }
 )
 
 

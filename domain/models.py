@@ -25,19 +25,9 @@ class MessageStatus(Enum):
     SENT = "sent"
     DELIVERED = "delivered"
     READ = "read"
+    PLAYED = "played"  # a voice message listened to
     FAILED = "failed"
     DELETED = "deleted"
-
-
-# Outbound delivery progress: a status only ever replaces one of lower rank, whatever order the
-# webhooks arrive in. A failure is final.
-STATUS_RANK: dict[MessageStatus, int] = {
-    MessageStatus.PENDING: 0,
-    MessageStatus.SENT: 1,
-    MessageStatus.DELIVERED: 2,
-    MessageStatus.READ: 3,
-    MessageStatus.FAILED: 4,
-}
 
 
 class ThreadStatus(Enum):

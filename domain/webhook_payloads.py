@@ -479,7 +479,9 @@ def _read_status(raw: Any) -> StatusUpdate:
     except ValueError:
         status = None
     if status not in REPORTABLE_STATUSES:
-        raise _UnreadablePart(f'status "{name}" is not one of sent, delivered, read, failed')
+        raise _UnreadablePart(
+            f'status "{name}" is not one of sent, delivered, read, played, failed'
+        )
     assert status is not None
     error_code, error_title = None, None
     errors = raw.get("errors")

@@ -44,6 +44,7 @@ class MessageStatus(Enum):
     SENT = "SENT"
     DELIVERED = "DELIVERED"
     READ = "READ"
+    PLAYED = strawberry.enum_value("PLAYED", description="A voice message the customer played.")
     FAILED = "FAILED"
     DELETED = "DELETED"
 

@@ -7,7 +7,8 @@ the direct connection (`db`) only reads, to check rows the API does not show.
 - A business-scoped user id (BSUID, `from_user_id`) threads a customer under `user:{business}:{id}`
   until a message carries both names; from then on both name the phone thread (a `user:` thread
   is merged into it, read point and unread messages kept).
-- Statuses of outbound messages: sent < delivered < read, failed is final; a status for a
+- Statuses of outbound messages: sent < delivered < read < played, a failure replaces any but
+  played and a later delivered/read replaces a failure; a status for a
   message not stored yet is kept until it is.
 """
 
@@ -438,11 +439,10 @@ async def test_sample_batch_of_sent_delivered_read_leaves_the_message_read(
     assert (await message_state(inbox, message["id"]))["status"] == "READ"
 
 
-async def test_failed_is_final_even_after_read(
+async def test_a_failure_reported_after_read_still_wins(
     inbox: GraphQLClient, http: httpx.AsyncClient
 ) -> None:
-    # "Failed is final" (issue 5) as db/statements.py `_status_rank` implements it: failed ranks
-    # above read, so a failure reported after a read receipt still wins.
+    # A failure replaces any status short of played (db/statements.py `_replaces`).
     message = await outbound(inbox, "wamid.out-1")
     await deliver_status(http, "wamid.out-1", "read")
     report = await deliver_status(
@@ -455,17 +455,47 @@ async def test_failed_is_final_even_after_read(
     assert state["deliveryError"] == {"code": 131026, "title": "Message undeliverable"}
 
 
-async def test_failed_stays_failed_with_its_error_when_delivered_arrives_later(
+async def test_delivered_or_read_after_a_failure_overrides_it(
     inbox: GraphQLClient, http: httpx.AsyncClient
 ) -> None:
+    """WhatsApp reports failed, then delivered or read, when a retry of its own succeeded
+    (issue 16): the later status wins and the error goes with the failure."""
     message = await outbound(inbox, FAILED_SAMPLE_ID)
     await deliver(http, sample("status_failed"))
     report = await deliver_status(http, FAILED_SAMPLE_ID, "delivered", timestamp=T0 + 500)
 
-    assert report["statuses_stale"] == 1
+    assert report["statuses_applied"] == 1
     state = await message_state(inbox, message["id"])
-    assert state["status"] == "FAILED"
-    assert state["deliveryError"] == {"code": 131047, "title": "Re-engagement message"}
+    assert state["status"] == "DELIVERED"
+    assert state["deliveryError"] is None
+    # The failure redelivered afterwards is older than the delivery: it changes nothing.
+    again = await deliver(http, sample("status_failed"))
+    assert again["statuses_stale"] == 1
+    assert (await message_state(inbox, message["id"]))["status"] == "DELIVERED"
+
+
+async def test_a_voice_message_played_after_read_is_played_and_nothing_moves_it_back(
+    inbox: GraphQLClient, http: httpx.AsyncClient
+) -> None:
+    message = await outbound(inbox, "wamid.voice")
+    await deliver_status(http, "wamid.voice", "read", timestamp=T0 + 100)
+    played = await deliver_status(http, "wamid.voice", "played", timestamp=T0 + 200)
+    late_read = await deliver_status(http, "wamid.voice", "read", timestamp=T0 + 300)
+    late_failure = await deliver_status(http, "wamid.voice", "failed", timestamp=T0 + 400)
+
+    assert played["statuses_applied"] == 1
+    assert late_read["statuses_stale"] == late_failure["statuses_stale"] == 1
+    assert (await message_state(inbox, message["id"]))["status"] == "PLAYED"
+
+
+async def test_played_before_its_message_is_kept_and_applied(
+    inbox: GraphQLClient, http: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await deliver_status(http, "wamid.early-voice", "played", timestamp=T0 + 200)
+    await deliver_status(http, "wamid.early-voice", "delivered", timestamp=T0 + 100)
+    assert await db.fetchval("SELECT status FROM whatsapp_pending_status") == "played"
+    message = await outbound(inbox, "wamid.early-voice")
+    assert message["status"] == "PLAYED"
 
 
 async def test_a_duplicate_status_changes_nothing(

@@ -17,7 +17,7 @@ CONTRACT = """
 scalar DateTime
 enum MessageDirection { INBOUND OUTBOUND }
 enum MessageSource { CUSTOMER BOT AUTOMATION HUMAN }
-enum MessageStatus { RECEIVED PENDING SENT DELIVERED READ FAILED DELETED }
+enum MessageStatus { RECEIVED PENDING SENT DELIVERED READ PLAYED FAILED DELETED }
 enum ThreadStatus { OPEN CLOSED }
 type Message { id: ID!  threadId: ID!  thread: Thread!  direction: MessageDirection!
   source: MessageSource!  status: MessageStatus!  body: String  providerMessageId: String
