@@ -124,6 +124,31 @@ JOIN LATERAL (
 """
 
 
+# The customer's latest message of each conversation: inbound, not a system notice (a number
+# change is WhatsApp's, not the customer's), by sent_at; walked backwards along the thread's
+# chronology index, which stops at the first one.
+_LATEST_CUSTOMER_MESSAGE_TIMES = """
+SELECT wanted.conversation_id, m.sent_at
+FROM unnest($2::bigint[]) AS wanted(conversation_id)
+JOIN LATERAL (
+    SELECT latest.sent_at FROM whatsapp_message latest
+    WHERE latest.conversation_id = wanted.conversation_id AND latest.business_id = $1
+      AND latest.direction = 'in' AND latest.message_type <> 'system'
+    ORDER BY latest.sent_at DESC, latest.id DESC
+    LIMIT 1
+) m ON true
+"""
+
+
+async def latest_customer_message_times(
+    session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
+) -> dict[int, datetime]:
+    """When the customer last wrote in each conversation (absent: never), in one statement."""
+    driver = await _driver(session)
+    rows = await driver.fetch(_LATEST_CUSTOMER_MESSAGE_TIMES, business_id, list(conversation_ids))
+    return {row["conversation_id"]: row["sent_at"] for row in rows}
+
+
 async def latest_messages(
     session: AsyncSession, business_id: int, conversation_ids: Sequence[int]
 ) -> dict[int, Any]:

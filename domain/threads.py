@@ -1,6 +1,7 @@
 """Reading threads and their messages, always within one business."""
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -103,6 +104,19 @@ async def latest_messages(
 ) -> dict[int, Message]:
     rows = await inbox_reads.latest_messages(session, business_id, thread_ids)
     return {thread_id: Message.from_row(row) for thread_id, row in rows.items()}
+
+
+# WhatsApp's customer service window: free-form messages to a customer are allowed until 24
+# hours after their latest message; business messages do not extend it.
+SERVICE_WINDOW = timedelta(hours=24)
+
+
+async def service_windows_expiring(
+    session: AsyncSession, business_id: int, thread_ids: Sequence[int]
+) -> dict[int, datetime]:
+    """When each thread's customer service window closes (absent: the customer never wrote)."""
+    written = await inbox_reads.latest_customer_message_times(session, business_id, thread_ids)
+    return {thread_id: at + SERVICE_WINDOW for thread_id, at in written.items()}
 
 
 async def find_message(session: AsyncSession, business_id: int, message_id: int) -> Message | None:

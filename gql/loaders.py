@@ -2,6 +2,7 @@
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -50,6 +51,16 @@ class Loaders:
             return [found.get(thread_id) for thread_id in ids]
 
         return DataLoader(load_fn=load_last_messages)
+
+    @functools.cached_property
+    def service_window(self) -> DataLoader[int, datetime | None]:
+        async def load_service_windows(ids: Sequence[int]) -> list[datetime | None]:
+            found = await self._run_read(
+                lambda s: threads.service_windows_expiring(s, self._business_id, ids)
+            )
+            return [found.get(thread_id) for thread_id in ids]
+
+        return DataLoader(load_fn=load_service_windows)
 
     @functools.cached_property
     def quoted_message(self) -> DataLoader[str, Message | None]:

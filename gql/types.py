@@ -285,6 +285,17 @@ class ThreadType:
         current = [self.phone] if self.phone in found else []
         return current + [phone for phone in found if phone != self.phone]
 
+    @strawberry.field(
+        description=(
+            "When the customer service window closes: 24 hours after the customer's latest "
+            "message (business messages do not extend it); null if the customer never wrote. "
+            "Outside it WhatsApp only accepts template messages."
+        )
+    )
+    async def service_window_expires_at(self, info: Info[Context, None]) -> datetime | None:
+        expires: datetime | None = await info.context.loaders.service_window.load(self.row_id)
+        return expires
+
     @strawberry.field(description="The latest message by sentAt.")
     async def last_message(self, info: Info[Context, None]) -> MessageType | None:
         latest = await info.context.loaders.last_message.load(self.row_id)
