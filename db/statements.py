@@ -567,12 +567,16 @@ async def connect_channel(
     business_id: int,
     phone_number_id: str,
     display_phone_number: str | None,
+    access_token_sealed: bytes | None = None,
 ) -> RowMapping | None:
-    """Connect a WhatsApp number to the business; None when another business has it."""
+    """Connect a WhatsApp number to the business; None when another business has it. A token
+    given replaces the stored one; none given keeps it."""
     proposed = insert(channels).values(
         business_id=business_id,
         phone_number_id=phone_number_id,
         display_phone_number=display_phone_number,
+        access_token_sealed=access_token_sealed,
+        access_token_set_at=None if access_token_sealed is None else func.now(),
     )
     try:
         result = await session.execute(
@@ -581,7 +585,13 @@ async def connect_channel(
                 set_={
                     "display_phone_number": func.coalesce(
                         proposed.excluded.display_phone_number, channels.c.display_phone_number
-                    )
+                    ),
+                    "access_token_sealed": func.coalesce(
+                        proposed.excluded.access_token_sealed, channels.c.access_token_sealed
+                    ),
+                    "access_token_set_at": func.coalesce(
+                        proposed.excluded.access_token_set_at, channels.c.access_token_set_at
+                    ),
                 },
                 where=channels.c.business_id == proposed.excluded.business_id,
             ).returning(*channels.c)
@@ -594,6 +604,25 @@ async def connect_channel(
             return None
         raise
     return result.mappings().one_or_none()
+
+
+async def replace_channel_token(
+    session: AsyncSession, business_id: int, phone_number_id: str, access_token_sealed: bytes
+) -> RowMapping | None:
+    result = await session.execute(
+        update(channels)
+        .where(channels.c.business_id == business_id, channels.c.phone_number_id == phone_number_id)
+        .values(access_token_sealed=access_token_sealed, access_token_set_at=func.now())
+        .returning(*channels.c)
+    )
+    return result.mappings().one_or_none()
+
+
+async def sealed_channel_tokens(session: AsyncSession) -> int:
+    """How many channels of every business hold a token (asked before any business is known,
+    so through the owner's function)."""
+    result = await session.execute(text("SELECT wa_inbox_sealed_channel_tokens()"))
+    return int(result.scalar_one())
 
 
 async def disconnect_channel(

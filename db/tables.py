@@ -10,6 +10,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     SmallInteger,
@@ -179,6 +180,9 @@ channels = Table(
     Column("phone_number_id", String(64), nullable=False),
     Column("display_phone_number", String(32)),
     Column("connected_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The Cloud API access token, encrypted (domain/channel_tokens.py); never plain.
+    Column("access_token_sealed", LargeBinary),
+    Column("access_token_set_at", DateTime(timezone=True)),
     UniqueConstraint("phone_number_id", name=CHANNEL_PHONE_NUMBER_ID_CONSTRAINT),
     Index("ix_wa_channel_business", "business_id"),
 )

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db import statements
 from db.unit_of_work import Sessions, run_unit_of_work
+from domain.channel_tokens import SecretKeyMissing, TokenVault, check_access_token
 from domain.errors import BadInput, Conflict, NotFound
 
 MAX_PHONE_NUMBER_ID_LENGTH = 64
@@ -22,6 +23,8 @@ class Channel:
     phone_number_id: str
     display_phone_number: str | None
     connected_at: datetime
+    # Whether a Cloud API token is stored (sealed; the token itself never leaves the domain).
+    access_token_set_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Channel":
@@ -31,6 +34,9 @@ class Channel:
             phone_number_id=row["phone_number_id"],
             display_phone_number=row["display_phone_number"],
             connected_at=row["connected_at"],
+            access_token_set_at=row["access_token_set_at"]
+            if row["access_token_sealed"] is not None
+            else None,
         )
 
 
@@ -65,14 +71,22 @@ def _check_display_phone_number(raw: str | None) -> str | None:
 
 
 async def connect_channel(
-    sessions: Sessions, business_id: int, phone_number_id: str, display_phone_number: str | None
+    sessions: Sessions,
+    business_id: int,
+    phone_number_id: str,
+    display_phone_number: str | None,
+    *,
+    access_token: str | None = None,
+    vault: TokenVault | None = None,
 ) -> Channel:
-    """Route the webhooks of `phone_number_id` to the business; connecting twice is harmless."""
+    """Route the webhooks of `phone_number_id` to the business; connecting twice is harmless.
+    `access_token` (the Cloud API token to send with) is stored sealed by `vault`."""
     number_id = check_phone_number_id(phone_number_id)
     display = _check_display_phone_number(display_phone_number)
+    sealed = None if access_token is None else _sealed(access_token, vault)
 
     async def work(session: AsyncSession) -> Channel:
-        row = await statements.connect_channel(session, business_id, number_id, display)
+        row = await statements.connect_channel(session, business_id, number_id, display, sealed)
         if row is None:
             raise Conflict(
                 "this WhatsApp number is connected to another account; disconnect it there first"
@@ -80,6 +94,36 @@ async def connect_channel(
         return Channel.from_row(row)
 
     return await run_unit_of_work(sessions, work, business_id=business_id)
+
+
+async def rotate_token(
+    sessions: Sessions,
+    business_id: int,
+    phone_number_id: str,
+    access_token: str,
+    vault: TokenVault | None,
+) -> Channel:
+    """Replace the channel's Cloud API token (sealed again with the first key)."""
+    number_id = check_phone_number_id(phone_number_id)
+    sealed = _sealed(access_token, vault)
+
+    async def work(session: AsyncSession) -> Channel:
+        row = await statements.replace_channel_token(session, business_id, number_id, sealed)
+        if row is None:
+            raise NotFound(f"no WhatsApp channel {number_id} is connected")
+        return Channel.from_row(row)
+
+    return await run_unit_of_work(sessions, work, business_id=business_id)
+
+
+def _sealed(access_token: str, vault: TokenVault | None) -> bytes:
+    token = check_access_token(access_token)
+    if vault is None:
+        raise SecretKeyMissing(
+            "the server has no CHANNEL_SECRET_KEY to store access tokens with: set it "
+            "(`python -m gql channel-key` makes one) and restart"
+        )
+    return vault.seal(token)
 
 
 async def disconnect_channel(sessions: Sessions, business_id: int, phone_number_id: str) -> Channel:

@@ -146,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="apply migrations and serve (the default of `make run`)")
     commands.add_parser("migrate", help="apply migrations (alembic upgrade head)")
     commands.add_parser("export-schema", help="print the schema as SDL (schema.graphql)")
+    commands.add_parser(
+        "channel-key", help="print a new CHANNEL_SECRET_KEY (a Fernet key) for channel tokens"
+    )
     token = commands.add_parser(
         "token",
         help="print a bearer token signed with the server's secret: AUTH_SECRET, else the "
@@ -167,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("file", type=argparse.FileType("rb"), help="the request body (- for stdin)")
     args = parser.parse_args(argv)
 
+    if args.command == "channel-key":
+        from cryptography.fernet import Fernet
+
+        print(Fernet.generate_key().decode())
+        return 0
     if args.command == "export-schema":
         from gql.schema import schema_sdl
 

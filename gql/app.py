@@ -16,7 +16,10 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from db import statements
 from db.engine import EngineOptions, build_engine, build_sessionmaker
+from db.unit_of_work import Sessions, run_unit_of_work
+from domain.channel_tokens import TokenVault
 from domain.group_commit import GroupCommit
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
@@ -62,6 +65,22 @@ def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root_path: str = scope.get("root_path", "")
     return path[len(root_path) :] if root_path and path.startswith(root_path) else path
+
+
+class ChannelSecretKeyMissing(RuntimeError):
+    """Channel tokens are stored and CHANNEL_SECRET_KEY is not set: nothing could send."""
+
+
+async def _require_key_for_stored_tokens(sessions: Sessions) -> None:
+    stored = await run_unit_of_work(sessions, statements.sealed_channel_tokens, business_id=None)
+    if stored:
+        log.error(
+            "CHANNEL_SECRET_KEY is not set, and %d channel access tokens are stored encrypted "
+            "with it: set it to the key they were stored with (several, comma-separated, "
+            "while rotating) and start again",
+            stored,
+        )
+        raise ChannelSecretKeyMissing(f"{stored} channel tokens need CHANNEL_SECRET_KEY")
 
 
 async def _to_graphiql(request: Request) -> Response:
@@ -110,6 +129,8 @@ def create_app(settings: Settings) -> Starlette:
         operations=operations,
         live_metrics=server_metrics.live,
     )
+    token_vault = TokenVault(settings.channel_secret_keys) if settings.channel_secret_keys else None
+    hub.contexts = dataclasses.replace(hub.contexts, token_vault=token_vault)
     persisted_documents = PersistedDocuments(
         settings.trusted_documents,
         # As Apollo Server does, only documents that parse and validate are learned.
@@ -178,6 +199,8 @@ def create_app(settings: Settings) -> Starlette:
                 "and writes go through the serialized fallback; restore it (alembic upgrade head)",
                 name,
             )
+        if database.reachable and token_vault is None:
+            await _require_key_for_stored_tokens(sessions)
         await hub.start()
         try:
             yield

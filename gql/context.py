@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.unit_of_work import ReadOnlyUnit, Sessions, open_read_only
 from domain.access import Role
+from domain.channel_tokens import TokenVault
 from domain.events import InboxEvent
 from domain.group_commit import GroupCommit
 from domain.metrics import InboxMetrics
@@ -72,6 +73,8 @@ class Context:
     publish: Callable[[InboxEvent | None], None]
     # Concurrent ingests of a business share one statement (domain/group_commit.py).
     group_commit: GroupCommit | None = None
+    # Seals channel access tokens (CHANNEL_SECRET_KEY); None when the server has no key.
+    token_vault: TokenVault | None = None
     reads: RequestReads = field(init=False)
     loaders: Loaders = field(init=False)
 
@@ -101,6 +104,7 @@ class ContextFactory:
     metrics: InboxMetrics
     publish: Callable[[InboxEvent | None], None]
     group_commit: GroupCommit | None = None
+    token_vault: TokenVault | None = None
 
     def __call__(self, principal: Principal, request_id: str) -> Context:
         return Context(
@@ -111,4 +115,5 @@ class ContextFactory:
             metrics=self.metrics,
             publish=self.publish,
             group_commit=self.group_commit,
+            token_vault=self.token_vault,
         )

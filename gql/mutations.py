@@ -1,5 +1,7 @@
 """Mutation root: each mutation is its own unit of work, committed before it returns."""
 
+from typing import Annotated
+
 import strawberry
 from strawberry import UNSET
 from strawberry.types import Info
@@ -138,6 +140,16 @@ class Mutation:
         info: Info[Context, None],
         phone_number_id: str,
         display_phone_number: str | None = UNSET,
+        access_token: Annotated[
+            str | None,
+            strawberry.argument(
+                description=(
+                    "The Cloud API access token to send with (a system user's permanent "
+                    "token). Write-only: stored encrypted with CHANNEL_SECRET_KEY, never "
+                    "returned or logged. Omitted: the stored token is kept."
+                )
+            ),
+        ] = UNSET,
     ) -> WhatsAppChannelType:
         context = info.context
         access.require_may_manage_channels(context.role)
@@ -147,6 +159,30 @@ class Mutation:
             context.business_id,
             phone_number_id,
             given(display_phone_number),
+            access_token=given(access_token),
+            vault=context.token_vault,
+        )
+        return WhatsAppChannelType.from_domain(channel)
+
+    @strawberry.mutation(
+        name="rotateWhatsAppToken",
+        description=(
+            "Replace the channel's Cloud API access token (write-only, stored encrypted); "
+            "NOT_FOUND when the number is not connected to the caller's business."
+        ),
+    )
+    async def rotate_whatsapp_token(
+        self, info: Info[Context, None], phone_number_id: str, access_token: str
+    ) -> WhatsAppChannelType:
+        context = info.context
+        access.require_may_manage_channels(context.role)
+        await context.reads.close()
+        channel = await channels.rotate_token(
+            context.sessions,
+            context.business_id,
+            phone_number_id,
+            access_token,
+            context.token_vault,
         )
         return WhatsAppChannelType.from_domain(channel)
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 import phonenumbers
 
+from domain.channel_tokens import valid_key
 from gql.limits import QueryLimits
 from gql.persisted_documents import ManifestError, TrustedDocuments
 
@@ -57,6 +58,9 @@ class Settings:
     graphql_executor: Literal["compiled", "reference"] = "compiled"
     # Server processes on one port (gql/workers.py); 1 serves in the process that was started.
     workers: int = 1
+    # CHANNEL_SECRET_KEY: Fernet keys sealing channel access tokens, the first seals
+    # (domain/channel_tokens.py).
+    channel_secret_keys: tuple[str, ...] = ()
     # Where the workers' prometheus_client metrics meet (multiprocess mode); with WORKERS > 1
     # and none given, `serve` makes a temporary one.
     prometheus_multiproc_dir: Path | None = None
@@ -117,6 +121,7 @@ class Settings:
             trusted_documents=_trusted_documents(env.get("TRUSTED_DOCUMENTS", "").strip()),
             graphql_executor=_graphql_executor(env.get("GRAPHQL_EXECUTOR", "").strip().lower()),
             workers=_workers(env.get("WORKERS", "").strip().lower()),
+            channel_secret_keys=_channel_secret_keys(env.get("CHANNEL_SECRET_KEY", "")),
             prometheus_multiproc_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
             if env.get("PROMETHEUS_MULTIPROC_DIR")
             else None,
@@ -134,6 +139,17 @@ class Settings:
 
 # HS256 keys shorter than the hash (32 bytes) can be brute-forced from one token (RFC 7518, 3.2).
 MIN_AUTH_SECRET_BYTES = 32
+
+
+def _channel_secret_keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    for position, key in enumerate(keys, start=1):
+        if not valid_key(key):
+            raise SettingsError(
+                f"CHANNEL_SECRET_KEY: key {position} is not a Fernet key (32 bytes, url-safe "
+                "base64); make one with `python -m gql channel-key`"
+            )
+    return keys
 
 
 def _auth_secret(raw: str | None) -> str | None:

@@ -403,6 +403,12 @@ class WhatsAppChannelType:
     phone_number_id: str = strawberry.field(description="The Cloud API phone number id.")
     display_phone_number: str | None
     connected_at: datetime
+    access_token_set_at: datetime | None = strawberry.field(
+        description=(
+            "When the Cloud API access token was stored (the token itself is write-only); "
+            "null when the channel has none and cannot send."
+        )
+    )
 
     @classmethod
     def from_domain(cls, channel: Channel) -> "WhatsAppChannelType":
@@ -411,4 +417,5 @@ class WhatsAppChannelType:
             phone_number_id=channel.phone_number_id,
             display_phone_number=channel.display_phone_number,
             connected_at=channel.connected_at,
+            access_token_set_at=channel.access_token_set_at,
         )

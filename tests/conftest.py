@@ -26,6 +26,8 @@ from gql.auth import issue_token
 from gql.settings import Settings
 
 AUTH_SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
+# A Fernet key for channel access tokens (domain/channel_tokens.py), this suite's only.
+CHANNEL_SECRET_KEY = "wa-inbox-tests-channel-secret-key-000000000="
 WHATSAPP_APP_SECRET = "test-whatsapp-app-secret"
 WHATSAPP_VERIFY_TOKEN = "test-verify-token"
 
@@ -112,6 +114,7 @@ def settings(database_url: str) -> Settings:
         default_region="US",
         whatsapp_app_secret=WHATSAPP_APP_SECRET,
         whatsapp_verify_token=WHATSAPP_VERIFY_TOKEN,
+        channel_secret_keys=(CHANNEL_SECRET_KEY,),
     )
 
 

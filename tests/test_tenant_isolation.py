@@ -300,6 +300,8 @@ NEUTRAL_ARGUMENTS: dict[str, Any] = {
     "before": None,
     "unreadOnly": None,
     "displayPhoneNumber": None,
+    # A write-only credential (tests/test_channel_tokens.py).
+    "accessToken": "EAAGprobe-token-from-business-2",
     "sentAt": None,
     "historical": None,
     "body": "probe from business 2",
