@@ -9,9 +9,11 @@ websockets library, at DEBUG on uvicorn's error logger, prints every frame (a
 import logging
 import re
 
-# GraphiQL's `headers` parameter carries the development link's bearer token.
+# GraphiQL's `headers` parameter carries the development link's bearer token; a GraphQL GET's
+# `variables` may carry a channel's access token (refused as a mutation, but logged first).
 _SECRET_QUERY_PARAMETER = re.compile(
-    r"(?P<name>[^&?=]*(?:token|secret|signature|password|headers|authorization)[^&=]*)"
+    r"(?P<name>[^&?=]*(?:token|secret|signature|password|headers|authorization|variables)"
+    r"[^&=]*)"
     r"=(?P<value>[^&]*)",
     re.IGNORECASE,
 )

@@ -178,6 +178,30 @@ def test_the_graphiql_link_s_headers_never_reach_the_access_log() -> None:
     assert "headers=[redacted]" in record.getMessage()
 
 
+def test_a_graphql_get_s_variables_never_reach_the_access_log() -> None:
+    """A mutation sent by GET is refused, but uvicorn logs its URL first: its variables may
+    hold a channel's access token (issue 16)."""
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        (
+            "127.0.0.1",
+            "GET",
+            "/graphql?query=mutation%20%7Bx%7D&variables=%7B%22accessToken%22%3A%22EAAGsecret%22%7D",
+            "1.1",
+            405,
+        ),
+        None,
+    )
+    RedactSecrets().filter(record)
+    assert "EAAGsecret" not in record.getMessage()
+    assert "variables=[redacted]" in record.getMessage()
+    assert "query=mutation" in record.getMessage()
+
+
 # --- what `make run` installs ------------------------------------------------------------------
 
 
