@@ -157,21 +157,22 @@ async def test_the_servers_address_leads_to_graphiql(http: httpx.AsyncClient) ->
     assert "graphiql" in ide.text.lower()
 
 
-def test_the_graphiql_link_s_headers_never_reach_the_access_log() -> None:
-    record = logging.LogRecord(
+def access_log_record(target: str, status: int) -> logging.LogRecord:
+    """A request line as uvicorn's access log records it."""
+    return logging.LogRecord(
         "uvicorn.access",
         logging.INFO,
         __file__,
         1,
         '%s - "%s %s HTTP/%s" %d',
-        (
-            "127.0.0.1",
-            "GET",
-            "/graphql?headers=%7B%22Authorization%22%3A%22Bearer%20abc%22%7D",
-            "1.1",
-            200,
-        ),
+        ("127.0.0.1", "GET", target, "1.1", status),
         None,
+    )
+
+
+def test_the_graphiql_link_s_headers_never_reach_the_access_log() -> None:
+    record = access_log_record(
+        "/graphql?headers=%7B%22Authorization%22%3A%22Bearer%20abc%22%7D", 200
     )
     RedactSecrets().filter(record)
     assert "abc" not in record.getMessage()
@@ -181,20 +182,9 @@ def test_the_graphiql_link_s_headers_never_reach_the_access_log() -> None:
 def test_a_graphql_get_s_variables_never_reach_the_access_log() -> None:
     """A mutation sent by GET is refused, but uvicorn logs its URL first: its variables may
     hold a channel's access token (issue 16)."""
-    record = logging.LogRecord(
-        "uvicorn.access",
-        logging.INFO,
-        __file__,
-        1,
-        '%s - "%s %s HTTP/%s" %d',
-        (
-            "127.0.0.1",
-            "GET",
-            "/graphql?query=mutation%20%7Bx%7D&variables=%7B%22accessToken%22%3A%22EAAGsecret%22%7D",
-            "1.1",
-            405,
-        ),
-        None,
+    record = access_log_record(
+        "/graphql?query=mutation%20%7Bx%7D&variables=%7B%22accessToken%22%3A%22EAAGsecret%22%7D",
+        405,
     )
     RedactSecrets().filter(record)
     assert "EAAGsecret" not in record.getMessage()
