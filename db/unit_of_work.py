@@ -73,14 +73,22 @@ async def run_unit_of_work(
             # or a deadlock reported by the commit itself proves a rollback.
             if attempt == attempts or not is_retryable(error, during_commit=committing):
                 raise
-            log.warning(
-                "[WA-SESSION] unit of work failed (%s), retrying (attempt %d of %d)",
-                type(error).__name__,
-                attempt + 1,
-                attempts,
-            )
-            await asyncio.sleep(base_delay_s * (2 ** (attempt - 1)) * (1 + random.random()))
+            await _pause_before_retry("unit of work", error, attempt, attempts, base_delay_s)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _pause_before_retry(
+    what: str, error: Exception, attempt: int, attempts: int, base_delay_s: float
+) -> None:
+    """Log the retry and back off exponentially, with jitter so retries do not collide again."""
+    log.warning(
+        "[WA-SESSION] %s failed (%s), retrying (attempt %d of %d)",
+        what,
+        type(error).__name__,
+        attempt + 1,
+        attempts,
+    )
+    await asyncio.sleep(base_delay_s * (2 ** (attempt - 1)) * (1 + random.random()))
 
 
 class DriverStatements:
@@ -143,20 +151,12 @@ async def run_statement(
                     await connection.invalidate()
                     raise
         except Exception as error:
-            lost = is_retryable(error) and not is_retryable(error, during_commit=True)
-            if (
-                attempt == attempts
-                or not is_retryable(error)
-                or (lost and not repeatable_after_lost_connection)
-            ):
+            # The statement is its own commit: a lost connection counts as a lost COMMIT
+            # unless repeating it is harmless.
+            retryable = is_retryable(error, during_commit=not repeatable_after_lost_connection)
+            if attempt == attempts or not retryable:
                 raise
-            log.warning(
-                "[WA-SESSION] statement failed (%s), retrying (attempt %d of %d)",
-                type(error).__name__,
-                attempt + 1,
-                attempts,
-            )
-            await asyncio.sleep(base_delay_s * (2 ** (attempt - 1)) * (1 + random.random()))
+            await _pause_before_retry("statement", error, attempt, attempts, base_delay_s)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -23,7 +23,8 @@ class Channel:
     phone_number_id: str
     display_phone_number: str | None
     connected_at: datetime
-    # Whether a Cloud API token is stored (sealed; the token itself never leaves the domain).
+    # When a Cloud API token was stored, null without one (set with the sealed token, always;
+    # the token itself never leaves the domain).
     access_token_set_at: datetime | None = None
 
     @classmethod
@@ -34,9 +35,7 @@ class Channel:
             phone_number_id=row["phone_number_id"],
             display_phone_number=row["display_phone_number"],
             connected_at=row["connected_at"],
-            access_token_set_at=row["access_token_set_at"]
-            if row["access_token_sealed"] is not None
-            else None,
+            access_token_set_at=row["access_token_set_at"],
         )
 
 

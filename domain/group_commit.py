@@ -134,8 +134,9 @@ class GroupCommit:
     async def _store_batch(
         self, business_id: int, queue: _BusinessQueue, batch: list[list[_Waiting]]
     ) -> None:
+        everyone = [waiting for group in batch for waiting in group]
         try:
-            failure = await self._store_answering(business_id, [w for g in batch for w in g])
+            failure = await self._store_answering(business_id, everyone)
             if failure is not None and len(batch) > 1 and _rolled_back(failure):
                 # Another request's message may be what failed: each group on its own now.
                 log.warning(
@@ -148,18 +149,16 @@ class GroupCommit:
                 for group in batch:
                     unanswered = [waiting for waiting in group if not waiting.answer.done()]
                     if unanswered:
-                        await self._store_answering(business_id, unanswered, final=True)
-            elif failure is not None:
+                        _fail(unanswered, await self._store_answering(business_id, unanswered))
+            else:
                 # One request's own failure, or an outcome nobody knows (the connection died
                 # while the statement ran: it may have committed, and storing again could
                 # store twice): every request still waiting hears of it.
-                for group in batch:
-                    _fail(group, failure)
+                _fail(everyone, failure)
         except BaseException:  # cancelled at shutdown: no request waits forever
-            for group in batch:
-                for waiting in group:
-                    if not waiting.answer.done():
-                        waiting.answer.cancel()
+            for waiting in everyone:
+                if not waiting.answer.done():
+                    waiting.answer.cancel()
             raise
         finally:
             queue.in_flight -= 1
@@ -168,10 +167,8 @@ class GroupCommit:
             elif not queue.in_flight:
                 del self._queues[business_id]
 
-    async def _store_answering(
-        self, business_id: int, waiting: list[_Waiting], *, final: bool = False
-    ) -> Exception | None:
-        """Store and answer `waiting`; the failure, unanswered (or answered when `final`)."""
+    async def _store_answering(self, business_id: int, waiting: list[_Waiting]) -> Exception | None:
+        """Store `waiting`, answering each as it is committed; the failure that stopped it."""
         waiting_for = {id(each.message): each for each in waiting}
 
         def answered(message: CheckedMessage, outcome: IngestOutcome | BadInput) -> None:
@@ -186,14 +183,7 @@ class GroupCommit:
                 on_outcome=answered,
             )
         except Exception as failure:
-            if final:
-                _fail(waiting, failure)
             return failure
-        except BaseException:  # cancelled at shutdown: no request waits forever
-            for each in waiting:
-                if not each.answer.done():
-                    each.answer.cancel()
-            raise
         return None
 
 
@@ -207,7 +197,10 @@ def _rolled_back(failure: Exception) -> bool:
     return sqlstate is not None and not sqlstate.startswith("08")
 
 
-def _fail(group: list[_Waiting], failure: Exception) -> None:
+def _fail(group: list[_Waiting], failure: Exception | None) -> None:
+    """Answer with `failure` whoever in `group` is still waiting (nobody: no failure)."""
+    if failure is None:
+        return
     for waiting in group:
         if not waiting.answer.done():
             waiting.answer.set_exception(failure)

@@ -140,8 +140,11 @@ class _ProviderIdTaken(Exception):
     """A concurrent delivery of the same provider id committed first."""
 
 
-def _check(business_id: int, incoming: IncomingMessage, default_region: str) -> CheckedMessage:
-    """Apply every input rule before touching the database, so bad input stores nothing."""
+def check_message(
+    business_id: int, incoming: IncomingMessage, *, default_region: str
+) -> CheckedMessage:
+    """Apply every input rule before touching the database, so bad input stores nothing:
+    BadInput for a message that breaks one."""
     customer_side = incoming.source is Source.CUSTOMER
     if customer_side != (incoming.direction is Direction.INBOUND):
         raise BadInput(
@@ -242,18 +245,11 @@ async def ingest_message(
     metrics: InboxMetrics,
 ) -> IngestOutcome:
     """Store `incoming` in its thread once, however often and concurrently it is delivered."""
-    message = _check(business_id, incoming, default_region)
+    message = check_message(business_id, incoming, default_region=default_region)
     [outcome] = await store_checked_messages(sessions, business_id, [message], metrics=metrics)
     if isinstance(outcome, BadInput):
         raise outcome
     return outcome
-
-
-def check_message(
-    business_id: int, incoming: IncomingMessage, *, default_region: str
-) -> CheckedMessage:
-    """Every input rule applied, nothing stored: BadInput for a message that breaks one."""
-    return _check(business_id, incoming, default_region)
 
 
 async def store_checked_messages(
@@ -336,11 +332,11 @@ async def _store_by_rules(
 ) -> IngestOutcome | BadInput:
     """The general path: every rule of domain/customer_identities.py, statement by statement."""
     try:
-        if serialized:
-            return await _store_once(sessions, message, serialized=True)
         try:
-            return await _store_once(sessions, message, serialized=False)
+            return await _store_once(sessions, message, serialized=serialized)
         except MissingConflictTarget as failure:
+            if serialized:
+                raise
             _log_serialized_fallback(metrics, failure, message)
             return await _store_once(sessions, message, serialized=True)
     except BadInput as refused:

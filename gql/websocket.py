@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -225,6 +226,9 @@ class _OutboxHandler:
     context: SocketContext
     websocket: Any
     connection_acknowledged: bool
+    # Each protocol's handler answers an operation whose document may not run with its own
+    # error message (TransportWSHandler, LegacyWSHandler).
+    refuse_operation: Callable[[str, dict[str, Any]], Awaitable[None]]
 
     async def handle_message(self, message: Any) -> None:
         if not _well_formed(message, self.protocol):
@@ -242,10 +246,6 @@ class _OutboxHandler:
                 return
             message = {**message, "payload": {**payload, "query": query}}
         await super().handle_message(message)  # type: ignore[misc]
-
-    async def refuse_operation(self, operation_id: str, error: dict[str, Any]) -> None:
-        """Answer an operation whose document may not run with the protocol's error message."""
-        raise NotImplementedError
 
     async def handle(self) -> None:
         outlet = self.view.hub.open_outlet(self.context.websocket, self.protocol)
