@@ -66,11 +66,13 @@ class Answer:
     delay: float = 0.0
     # For `hold`: the answer sent once the held request is released.
     then: Answer | None = None
+    # For a success: the id to answer with (None: a fresh wamid.FAKE...).
+    wamid: str | None = None
 
 
-def success() -> Answer:
-    """HTTP 200 with `contacts` and a unique `messages[0].id` (wamid.FAKE...)."""
-    return Answer(kind="reply")
+def success(wamid: str | None = None) -> Answer:
+    """HTTP 200 with `contacts` and `messages[0].id`: `wamid`, or a unique wamid.FAKE..."""
+    return Answer(kind="reply", wamid=wamid)
 
 
 def http_error(
@@ -344,7 +346,11 @@ class _Handler(BaseHTTPRequestHandler):
             outcome = "dropped"
         elif answer.kind == "hold":
             outcome = "held"
-        wamid = fake._wamid() if answer.kind == "reply" and answer.error is None else None
+        wamid = (
+            (answer.wamid or fake._wamid())
+            if answer.kind == "reply" and answer.error is None
+            else None
+        )
         fake._set_outcome(request, outcome, wamid)
         if not recorded:
             fake._record(request)
