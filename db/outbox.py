@@ -54,17 +54,21 @@ async def claim_due_sends(
     return list(result.mappings())
 
 
-_FAIL_ABANDONED = text(
-    "SELECT business_id, thread_id, message_id, status_at "
-    "FROM wa_inbox_fail_abandoned_sends(:batch, :title)"
+_FAIL_STALE = text(
+    "SELECT business_id, thread_id, message_id, outcome_unknown, error_title "
+    "FROM wa_inbox_fail_stale_sends(:batch, :abandoned_title, :expired_title)"
 )
 
 
-async def fail_abandoned_sends(
-    session: AsyncSession, *, batch: int, title: str
+async def fail_stale_sends(
+    session: AsyncSession, *, batch: int, abandoned_title: str, expired_title: str
 ) -> list[RowMapping]:
-    """Fail the messages whose sender died mid-request (the lease ran out), outcome unknown."""
-    result = await session.execute(_FAIL_ABANDONED, {"batch": batch, "title": title})
+    """Fail the messages whose sender died mid-request (the lease ran out: outcome unknown)
+    and those no sender took before their deadline (not sent)."""
+    result = await session.execute(
+        _FAIL_STALE,
+        {"batch": batch, "abandoned_title": abandoned_title, "expired_title": expired_title},
+    )
     return list(result.mappings())
 
 
@@ -82,10 +86,21 @@ async def release_for_retry(
     next_attempt_at: datetime,
     last_error: str,
 ) -> bool:
-    """Queue a claimed row again; False when the lease was lost meanwhile."""
+    """Queue a claimed row again; False when the lease was lost meanwhile, or the message
+    needs no more attempts (deleted, or a status webhook gave it its WhatsApp id: it went
+    out), when the row is dropped instead."""
+    still_pending = (
+        select(messages.c.id)
+        .where(
+            messages.c.id == outbox.c.message_id,
+            messages.c.status == "pending",
+            messages.c.provider_message_id.is_(None),
+        )
+        .exists()
+    )
     result = await session.execute(
         update(outbox)
-        .where(_held_by(outbox_id, worker))
+        .where(_held_by(outbox_id, worker), still_pending)
         .values(
             state="queued",
             lease_until=None,
@@ -95,7 +110,10 @@ async def release_for_retry(
         )
         .returning(outbox.c.id)
     )
-    return result.first() is not None
+    if result.first() is not None:
+        return True
+    await finish_send(session, outbox_id, worker)
+    return False
 
 
 async def finish_send(session: AsyncSession, outbox_id: int, worker: str) -> bool:
@@ -108,7 +126,7 @@ async def finish_send(session: AsyncSession, outbox_id: int, worker: str) -> boo
 
 
 async def mark_message_sent(
-    session: AsyncSession, message_id: int, provider_message_id: str, sent_at: datetime
+    session: AsyncSession, message_id: int, provider_message_id: str
 ) -> RowMapping | None:
     """The Cloud API took the message: its id becomes the provider id and the status SENT,
     also over a FAILED whose outcome was unknown (it did go out). A message deleted meanwhile
@@ -120,7 +138,9 @@ async def mark_message_sent(
         .values(
             provider_message_id=provider_message_id,
             status=case((sendable, "sent"), else_=messages.c.status),
-            status_at=case((sendable, sent_at), else_=messages.c.status_at),
+            # The API's answer carries no time of Meta's: a webhook's failure stamped a moment
+            # earlier than our clock must still replace this SENT (db/statements.py _replaces).
+            status_at=case((sendable, None), else_=messages.c.status_at),
             error_code=case((sendable, None), else_=messages.c.error_code),
             error_title=case((sendable, None), else_=messages.c.error_title),
             error_outcome_unknown=False,
@@ -158,10 +178,12 @@ async def mark_message_failed(
 
 async def adopt_provider_id(
     session: AsyncSession, business_id: int, message_id: int, provider_message_id: str
-) -> bool:
-    """A status webhook named our sent message (its callback data) before we knew its id: the
-    message takes the id. Only an outbound message without one that the sender posted (still
-    PENDING, or FAILED with the outcome unknown); its unknown failure is cleared."""
+) -> RowMapping | None:
+    """A status webhook named our sent message (its callback data) before we knew its id: it
+    went out. The message takes the id and goes back to PENDING, for the status to apply
+    (its unknown failure cleared), and any send still queued for it is dropped. Only an
+    outbound message without an id that the sender posted (PENDING, or FAILED with the
+    outcome unknown); None otherwise."""
     result = await session.execute(
         update(messages)
         .where(
@@ -173,14 +195,20 @@ async def adopt_provider_id(
         )
         .values(
             provider_message_id=provider_message_id,
-            status=case((messages.c.error_outcome_unknown, "sent"), else_=messages.c.status),
+            status="pending",
+            status_at=None,
             error_code=None,
             error_title=None,
             error_outcome_unknown=False,
         )
-        .returning(messages.c.id)
+        .returning(*messages.c)
     )
-    return result.first() is not None
+    adopted = result.mappings().one_or_none()
+    if adopted is not None:
+        await session.execute(
+            delete(outbox).where(outbox.c.message_id == message_id, outbox.c.state == "queued")
+        )
+    return adopted
 
 
 async def cancel_send(session: AsyncSession, business_id: int, message_id: int) -> bool:

@@ -94,22 +94,24 @@ async def record_status(
         )
         if stored is not None:
             return StatusRecorded(StatusOutcome.STALE)
-        if update.sent_message_id is not None and await outbox.adopt_provider_id(
-            session, business_id, update.sent_message_id, update.provider_message_id
-        ):
-            # A message whose send answer was lost (or is still on its way): WhatsApp's
-            # status names it, so it did go out. It takes the id, then the status.
-            advanced = await statements.advance_message_status(
-                session,
-                business_id,
-                update.provider_message_id,
-                status=update.status.value,
-                status_at=update.status_at,
-                error_code=update.error_code,
-                error_title=update.error_title,
+        if update.sent_message_id is not None:
+            adopted = await outbox.adopt_provider_id(
+                session, business_id, update.sent_message_id, update.provider_message_id
             )
-            if advanced is not None:
-                return StatusRecorded(StatusOutcome.APPLIED, status_changed(advanced))
+            if adopted is not None:
+                # A message whose send answer was lost (or is still on its way): WhatsApp's
+                # status names it, so it did go out. It took the id; now the status.
+                advanced = await statements.advance_message_status(
+                    session,
+                    business_id,
+                    update.provider_message_id,
+                    status=update.status.value,
+                    status_at=update.status_at,
+                    error_code=update.error_code,
+                    error_title=update.error_title,
+                )
+                settled = advanced if advanced is not None else adopted
+                return StatusRecorded(StatusOutcome.APPLIED, status_changed(settled))
         await statements.keep_pending_status(
             session,
             business_id,

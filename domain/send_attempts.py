@@ -39,6 +39,10 @@ OUTCOME_UNKNOWN_TITLE = (
     "may have reached the customer. It is not sent again automatically; check the chat before "
     "resending."
 )
+EXPIRED_TITLE = (
+    "not sent: no sender took the message before its deadline (SEND_DEADLINE_SECONDS); the "
+    "server was down or behind"
+)
 NO_TOKEN_TITLE = "the channel has no access token any more (rotateWhatsAppToken sets one)"
 NO_CHANNEL_TITLE = "the WhatsApp channel this message was queued for is no longer connected"
 UNREADABLE_TOKEN_TITLE = (
@@ -159,23 +163,24 @@ async def claim_sends(
     return [ClaimedSend.from_row(row) for row in rows]
 
 
-async def fail_abandoned_sends(
-    sessions: Sessions, *, batch: int = 100
-) -> list[MessageStatusChanged]:
-    """Messages whose sender died while posting them: FAILED, outcome unknown."""
+async def fail_stale_sends(sessions: Sessions, *, batch: int = 100) -> list[MessageStatusChanged]:
+    """Messages whose sender died while posting them (FAILED, outcome unknown), and those no
+    sender took before their deadline (FAILED, not sent)."""
     rows = await run_unit_of_work(
         sessions,
-        lambda session: outbox.fail_abandoned_sends(
-            session, batch=batch, title=OUTCOME_UNKNOWN_TITLE
+        lambda session: outbox.fail_stale_sends(
+            session, batch=batch, abandoned_title=OUTCOME_UNKNOWN_TITLE, expired_title=EXPIRED_TITLE
         ),
         business_id=None,
     )
     for row in rows:
         log.error(
-            "[WA-SEND] message_id=%s of business_id=%s: its sender stopped while WhatsApp was "
-            "answering; marked FAILED (outcome unknown), not sent again",
+            "[WA-SEND] message_id=%s of business_id=%s FAILED: %s",
             row["message_id"],
             row["business_id"],
+            "its sender stopped while WhatsApp was answering (outcome unknown), not sent again"
+            if row["outcome_unknown"]
+            else "no sender took it before its deadline",
         )
     return [
         MessageStatusChanged(
@@ -184,8 +189,8 @@ async def fail_abandoned_sends(
             row["message_id"],
             "failed",
             None,
-            OUTCOME_UNKNOWN_TITLE,
-            error_outcome_unknown=True,
+            row["error_title"],
+            error_outcome_unknown=row["outcome_unknown"],
         )
         for row in rows
     ]
@@ -203,7 +208,7 @@ async def record_attempt(
     """Record what became of one attempt; the event when the message's status moved."""
     at = now or datetime.now(UTC)
     if isinstance(result, Accepted):
-        return await _record_accepted(sessions, claimed, result.provider_message_id, worker, at)
+        return await _record_accepted(sessions, claimed, result.provider_message_id, worker)
     if isinstance(result, OutcomeUnknown):
         return await _record_failed(
             sessions, claimed, worker, at, None, OUTCOME_UNKNOWN_TITLE, outcome_unknown=True
@@ -229,12 +234,18 @@ async def record_attempt(
         )
         return await _record_failed(sessions, claimed, worker, at, code, title)
 
-    async def release(session: AsyncSession) -> None:
-        await outbox.release_for_retry(
+    async def release(session: AsyncSession) -> bool:
+        return await outbox.release_for_retry(
             session, claimed.outbox_id, worker, next_attempt_at=next_at, last_error=reason
         )
 
-    await run_unit_of_work(sessions, release, business_id=claimed.business_id)
+    if not await run_unit_of_work(sessions, release, business_id=claimed.business_id):
+        log.info(
+            "[WA-SEND] message_id=%s needs no retry: deleted, or a status webhook showed it "
+            "went out",
+            claimed.message_id,
+        )
+        return None
     log.info(
         "[WA-SEND] message_id=%s attempt %d failed (%s): next attempt at %s",
         claimed.message_id,
@@ -265,7 +276,6 @@ async def _record_accepted(
     claimed: ClaimedSend,
     provider_message_id: str,
     worker: str,
-    at: datetime,
 ) -> MessageStatusChanged | None:
     async def work(session: AsyncSession) -> RowMapping | None:
         # The lock status webhooks take: one for this id that came before the answer is kept
@@ -274,7 +284,7 @@ async def _record_accepted(
         # Even when the lease was lost (the row was failed as abandoned) the answer is the
         # truth: the message did go out, and says so.
         await outbox.finish_send(session, claimed.outbox_id, worker)
-        row = await outbox.mark_message_sent(session, claimed.message_id, provider_message_id, at)
+        row = await outbox.mark_message_sent(session, claimed.message_id, provider_message_id)
         if row is None:
             return None
         pending = await statements.take_pending_status(

@@ -20,6 +20,7 @@ from domain.customer_identities import on_current_thread
 from domain.errors import BadInput, DomainError, NotFound
 from domain.events import MessageStored
 from domain.models import Direction, Message, MessageStatus, Source, Thread
+from domain.storable_text import is_storable
 from domain.threads import SERVICE_WINDOW
 
 # The Cloud API's limit for a text message's body.
@@ -98,6 +99,8 @@ class SendOutcome:
 def check_text(body: str) -> str:
     if not body.strip():
         raise BadInput("body must not be empty")
+    if not is_storable(body):
+        raise BadInput("body holds a NUL character or a lone surrogate, which cannot be stored")
     if len(body) > MAX_TEXT_BODY_LENGTH:
         raise BadInput(f"body is at most {MAX_TEXT_BODY_LENGTH} characters (WhatsApp's limit)")
     return body
@@ -111,9 +114,22 @@ def check_template(name: str, language: str, components: Any) -> TemplateToSend:
     if components is not None:
         if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
             raise BadInput("components is a list of objects, as the Cloud API takes them")
+        if not _storable_json(components):
+            raise BadInput("components hold a NUL character or a lone surrogate")
         if len(json.dumps(components)) > MAX_TEMPLATE_COMPONENTS_BYTES:
             raise BadInput(f"components is at most {MAX_TEMPLATE_COMPONENTS_BYTES} bytes of JSON")
     return TemplateToSend(name, language, components)
+
+
+def _storable_json(value: Any) -> bool:
+    """jsonb refuses NUL (\\u0000) in keys and strings, as text columns do."""
+    if isinstance(value, str):
+        return is_storable(value)
+    if isinstance(value, list):
+        return all(_storable_json(item) for item in value)
+    if isinstance(value, dict):
+        return all(is_storable(key) and _storable_json(item) for key, item in value.items())
+    return True
 
 
 async def send(

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from db.errors import STORAGE_FAILURES
 from db.unit_of_work import Sessions
 from domain.channel_tokens import TokenVault
 from domain.events import InboxEvent, MessageStatusChanged
@@ -29,13 +30,16 @@ from domain.send_attempts import (
     OutcomeUnknown,
     SendPolicy,
     claim_sends,
-    fail_abandoned_sends,
+    fail_stale_sends,
     record_attempt,
     record_unsendable,
 )
 from gql.cloud_api import CloudApi
 
 log = logging.getLogger("wa_inbox.sender")
+
+# Recording one answer: tried this often, 1, 2, 4 s apart.
+RECORD_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,9 @@ class Sender:
 
     async def run_round(self) -> int:
         """One round: abandoned sends failed, due ones claimed and started; how many started."""
-        for event in await fail_abandoned_sends(self.sessions):
-            self.metrics.sends_outcome_unknown += 1
+        for event in await fail_stale_sends(self.sessions):
+            if event.error_outcome_unknown:
+                self.metrics.sends_outcome_unknown += 1
             self.metrics.sends_failed += 1
             self.publish(event)
         free = self.options.concurrency - len(self._in_flight)
@@ -152,11 +157,38 @@ class Sender:
                 return
             assert self._cloud_api is not None  # started
             result = await self._cloud_api.post_message(send.phone_number_id, token, send.request)
-            event = await record_attempt(
-                self.sessions, send, result, worker=self.worker, policy=self.options.policy
-            )
+            if isinstance(result, Accepted):
+                # Logged before it is recorded: should recording fail for good, this line is
+                # what ties the message to WhatsApp's id.
+                log.info(
+                    "[WA-SEND] message_id=%s: WhatsApp answered with id %s",
+                    send.message_id,
+                    result.provider_message_id,
+                )
+            event = await self._record(send, result)
             self.publish(event)
             self._count(result, event)
+
+    async def _record(
+        self, send: ClaimedSend, result: AttemptResult
+    ) -> MessageStatusChanged | None:
+        """Record the answer, trying again while the database is away (a unit of work already
+        repeats what is safe; this outlasts a short outage within the lease)."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                return await record_attempt(
+                    self.sessions, send, result, worker=self.worker, policy=self.options.policy
+                )
+            except STORAGE_FAILURES as failure:
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.warning(
+                    "[WA-SEND] recording message_id=%s failed (%s); trying again",
+                    send.message_id,
+                    type(failure).__name__,
+                )
+                await asyncio.sleep(2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _count(self, result: AttemptResult, event: MessageStatusChanged | None) -> None:
         if isinstance(result, Accepted):

@@ -163,6 +163,10 @@ def _channel_secret_keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+# A lease covers the request (its timeout) and then recording the answer.
+SEND_LEASE_MARGIN_S = 5
+
+
 def _sending(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
     base_url = (env.get("WHATSAPP_API_BASE_URL") or defaults.whatsapp_api_base_url).rstrip("/")
     if not base_url.startswith(("https://", "http://")) or base_url.count("/") != 2:
@@ -176,11 +180,11 @@ def _sending(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
         env, "SEND_REQUEST_TIMEOUT_SECONDS", defaults.send_request_timeout_s, low=1, high=300
     )
     lease = _integer(env, "SEND_LEASE_SECONDS", max(defaults.send_lease_s, timeout * 2), low=2)
-    if lease <= timeout:
+    if lease < timeout + SEND_LEASE_MARGIN_S:
         raise SettingsError(
-            f"SEND_LEASE_SECONDS={lease} must exceed SEND_REQUEST_TIMEOUT_SECONDS={timeout}: a "
-            "lease that ends while its request still waits lets the message be failed as "
-            "abandoned"
+            f"SEND_LEASE_SECONDS={lease} must be at least SEND_REQUEST_TIMEOUT_SECONDS={timeout} "
+            f"+ {SEND_LEASE_MARGIN_S}: a lease that ends while its request waits or its answer "
+            "is being recorded lets the message be failed as abandoned"
         )
     return {
         "whatsapp_api_base_url": base_url,

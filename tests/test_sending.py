@@ -74,7 +74,7 @@ def settings(settings: Settings, cloud_api: FakeCloudApi) -> Settings:
         send_retry_base_ms=20,
         send_max_attempts=4,
         send_request_timeout_s=2,
-        send_lease_s=6,
+        send_lease_s=7,
         send_poll_interval_ms=100,
     )
 
@@ -236,6 +236,7 @@ async def test_a_template_is_sent_outside_the_window_with_its_components(
         ("Order Shipped", "en_US", None),
         ("order_shipped", "english", None),
         ("order_shipped", "en", {"type": "body"}),
+        ("order_shipped", "en", [{"type": "body", "text": "a\x00b"}]),
     ],
 )
 async def test_a_malformed_template_is_refused_unstored(
@@ -390,6 +391,133 @@ async def test_a_status_naming_a_lost_send_settles_it(
     assert answer.json()["statuses_pending"] == 1, answer.json()
 
 
+@pytest.mark.parametrize(
+    ("name", "errors", "settled"),
+    [
+        ("sent", None, "SENT"),
+        ("failed", [{"code": 131049, "title": "ecosystem"}], "FAILED"),
+    ],
+)
+async def test_any_status_naming_a_lost_send_is_applied_and_announced(
+    app: Starlette,
+    client: GraphQLClient,
+    http: httpx.AsyncClient,
+    cloud_api: FakeCloudApi,
+    name: str,
+    errors: list[dict[str, Any]] | None,
+    settled: str,
+) -> None:
+    cloud_api.answer_next(drop_after_reading())
+    thread_id = await open_thread(client)
+    sent = await send(client, thread_id, "lost answer")
+    await message_once(client, sent["id"], "FAILED")
+    callback = cloud_api.requests[0].json["biz_opaque_callback_data"]
+    extra: dict[str, Any] = {"biz_opaque_callback_data": callback}
+    if errors is not None:
+        extra["errors"] = errors
+    # Meta's clock, a little before ours marked the failure.
+    tick = status(
+        "wamid.LOST-" + name, name, timestamp=int(datetime.now(UTC).timestamp()) - 2, **extra
+    )
+    async with serving(app) as url, GraphQLSocket.open(url) as socket:
+        await socket.subscribe("ticks", STATUS_TICKS)
+        await until_subscribed(app, 1)
+        answer = await post_delivery(http, delivery(statuses=[tick]))
+        assert (answer.json()["statuses_applied"], answer.json()["statuses_pending"]) == (1, 0)
+        payload = await socket.next_payload(wait_s=5)
+    found = await message_once(client, sent["id"], settled)
+    assert found["providerMessageId"] == "wamid.LOST-" + name
+    assert found["deliveryError"] == (
+        None if errors is None else {"code": 131049, "title": "ecosystem", "outcomeUnknown": False}
+    )
+    assert payload["data"]["messageStatusChanged"]["status"] == settled
+
+
+async def test_a_status_naming_a_send_whose_answer_is_a_retryable_error_stops_the_retries(
+    client: GraphQLClient, http: httpx.AsyncClient, cloud_api: FakeCloudApi
+) -> None:
+    """Meta took the message but its answer was a 503: the status webhook that names it
+    arrives first, and no retry posts it a second time."""
+    cloud_api.answer_next(hold(then=http_error(503)))
+    thread_id = await open_thread(client)
+    sent = await send(client, thread_id, "taken despite the 503")
+    [request] = await requests_after(cloud_api, 1)
+    tick = status(
+        "wamid.TAKEN",
+        "delivered",
+        timestamp=int(datetime.now(UTC).timestamp()),
+        biz_opaque_callback_data=request.json["biz_opaque_callback_data"],
+    )
+    assert (await post_delivery(http, delivery(statuses=[tick]))).status_code == 200
+    cloud_api.release_held()
+    found = await message_once(client, sent["id"], "DELIVERED")
+    assert found["providerMessageId"] == "wamid.TAKEN"
+    await asyncio.sleep(0.5)
+    assert len(cloud_api.requests) == 1
+
+
+async def test_a_reply_deleted_while_it_is_posted_is_not_retried(
+    client: GraphQLClient, cloud_api: FakeCloudApi, db: asyncpg.Connection
+) -> None:
+    cloud_api.answer_next(hold(then=http_error(503)))
+    thread_id = await open_thread(client)
+    sent = await send(client, thread_id, "deleted in flight")
+    await requests_after(cloud_api, 1)
+    await client.execute("mutation($id: ID!) { deleteMessage(id: $id) { id } }", {"id": sent["id"]})
+    cloud_api.release_held()
+    for _ in range(100):
+        if await outbox_rows(db) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert await outbox_rows(db) == 0
+    await asyncio.sleep(0.3)
+    assert len(cloud_api.requests) == 1
+    assert (await client.execute(MESSAGE, {"id": sent["id"]}))["message"]["status"] == "DELETED"
+
+
+async def test_a_failure_webhook_stamped_just_before_our_sent_still_fails_the_message(
+    client: GraphQLClient, http: httpx.AsyncClient, cloud_api: FakeCloudApi
+) -> None:
+    """Meta's timestamps are whole seconds of its clock; the API answer has none."""
+    thread_id = await open_thread(client)
+    sent = await send(client, thread_id, "accepted, then refused")
+    stored = await message_once(client, sent["id"], "SENT")
+    failure = status(
+        stored["providerMessageId"],
+        "failed",
+        timestamp=int(datetime.now(UTC).timestamp()) - 1,
+        errors=[{"code": 131049, "title": "ecosystem"}],
+    )
+    answer = await post_delivery(http, delivery(statuses=[failure]))
+    assert answer.json()["statuses_applied"] == 1, answer.json()
+    failed = await message_once(client, sent["id"], "FAILED")
+    assert failed["deliveryError"]["code"] == 131049
+
+
+async def test_a_reply_no_sender_took_before_its_deadline_fails_unsent(
+    settings: Settings, cloud_api: FakeCloudApi, db: asyncpg.Connection
+) -> None:
+    application = create_app(dataclasses.replace(settings, send_deadline_s=1))
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application), base_url="http://testserver"
+        ) as http,
+    ):
+        client = GraphQLClient(http)
+        thread_id = await open_thread(client)
+        sender = application.state.sender
+        await sender.stop()  # every sender down
+        sent = await send(client, thread_id, "sent too late")
+        await asyncio.sleep(1.2)
+        await sender.start()
+        failed = await message_once(client, sent["id"], "FAILED")
+    assert failed["deliveryError"]["outcomeUnknown"] is False
+    assert "deadline" in failed["deliveryError"]["title"]
+    assert cloud_api.requests == []
+    assert await outbox_rows(db) == 0
+
+
 async def test_a_slow_answer_within_the_timeout_is_waited_for(
     client: GraphQLClient, cloud_api: FakeCloudApi
 ) -> None:
@@ -495,7 +623,7 @@ async def test_agents_send_as_humans_and_service_tokens_as_bots_or_automations(
         assert errors[0]["extensions"]["code"] == "FORBIDDEN"
 
 
-@pytest.mark.parametrize("body", ["", "   ", "x" * 4097])
+@pytest.mark.parametrize("body", ["", "   ", "x" * 4097, "a\x00b"])
 async def test_an_empty_or_too_long_body_is_refused(client: GraphQLClient, body: str) -> None:
     thread_id = await open_thread(client)
     errors = await client.errors(SEND, {"thread": thread_id, "body": body})

@@ -23,7 +23,7 @@ from tests.fake_cloud_api import FakeCloudApi, hold, slow
 from tests.test_sending import ACCESS_TOKEN, MESSAGE, SEND, connect_with_token, customer_wrote
 from tests.test_server_process import server_process
 
-LEASE_S = 4
+LEASE_S = 7
 
 
 @pytest.fixture

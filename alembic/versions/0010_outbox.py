@@ -4,8 +4,9 @@
 sender of every server process claims due rows with `FOR UPDATE SKIP LOCKED` and a lease
 (`wa_inbox_claim_sends`), posts them, and deletes the row with the outcome. A row whose lease
 ran out while it was being sent was posted by a process that died before WhatsApp's answer was
-recorded: `wa_inbox_fail_abandoned_sends` marks its message FAILED with the outcome unknown
-instead of posting it again (the Cloud API has no idempotency key).
+recorded: `wa_inbox_fail_stale_sends` marks its message FAILED with the outcome unknown
+instead of posting it again (the Cloud API has no idempotency key), and a row no sender took
+before its deadline FAILED as not sent.
 
 Both functions work across businesses, as the owner (like `wa_inbox_channel_owners`): they
 return each row's business, and everything after is done in that business's unit of work.
@@ -74,7 +75,9 @@ def upgrade() -> None:
     )
     # Claimed rows are committed as 'sending' before the request goes out, so a second process
     # skips them (SKIP LOCKED while the claim runs, the state after), and a process that dies
-    # leaves a lease that runs out rather than a row posted twice.
+    # leaves a lease that runs out rather than a row posted twice. A due row whose message
+    # went out some other way meanwhile (deleted, or given its WhatsApp id by a status
+    # webhook) is dropped, never posted.
     op.execute(
         """
         CREATE FUNCTION wa_inbox_claim_sends(worker text, lease_seconds double precision,
@@ -86,16 +89,23 @@ def upgrade() -> None:
         LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
         AS $$
             WITH due AS (
-                SELECT o.id FROM whatsapp_outbox o
+                SELECT o.id,
+                       m.status = 'pending' AND m.provider_message_id IS NULL AS sendable
+                FROM whatsapp_outbox o
+                JOIN whatsapp_message m ON m.id = o.message_id
                 WHERE o.state = 'queued' AND o.next_attempt_at <= now()
+                  AND o.deadline_at > now()
                 ORDER BY o.next_attempt_at, o.id
                 LIMIT batch
-                FOR UPDATE SKIP LOCKED
+                FOR UPDATE OF o SKIP LOCKED
+            ), dropped AS (
+                DELETE FROM whatsapp_outbox o USING due
+                WHERE o.id = due.id AND NOT due.sendable
             ), claimed AS (
                 UPDATE whatsapp_outbox o
                 SET state = 'sending', attempts = o.attempts + 1, claimed_by = worker,
                     lease_until = clock_timestamp() + make_interval(secs => lease_seconds)
-                FROM due WHERE o.id = due.id
+                FROM due WHERE o.id = due.id AND due.sendable
                 RETURNING o.*
             )
             SELECT c.id, c.business_id, c.message_id, m.conversation_id,
@@ -109,42 +119,50 @@ def upgrade() -> None:
         $$
         """
     )
+    # Two kinds of rows nobody will post: leased ones whose process died mid-request (the
+    # lease ran out: outcome unknown, never posted again) and queued ones past their deadline
+    # (no sender took them in time: not sent). Their messages are failed saying which.
     op.execute(
         """
-        CREATE FUNCTION wa_inbox_fail_abandoned_sends(batch integer, failure_title text)
+        CREATE FUNCTION wa_inbox_fail_stale_sends(batch integer, abandoned_title text,
+                                                  expired_title text)
         RETURNS TABLE (business_id bigint, thread_id bigint, message_id bigint,
-                       status_at timestamptz)
+                       outcome_unknown boolean, error_title text)
         LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT
         AS $$
-            WITH abandoned AS (
-                SELECT o.id FROM whatsapp_outbox o
-                WHERE o.state = 'sending' AND o.lease_until < clock_timestamp()
-                ORDER BY o.lease_until
+            WITH stale AS (
+                SELECT o.id, o.state = 'sending' AS abandoned FROM whatsapp_outbox o
+                WHERE (o.state = 'sending' AND o.lease_until < clock_timestamp())
+                   OR (o.state = 'queued' AND o.deadline_at <= clock_timestamp())
+                ORDER BY o.id
                 LIMIT batch
                 FOR UPDATE SKIP LOCKED
             ), gone AS (
-                DELETE FROM whatsapp_outbox o USING abandoned a WHERE o.id = a.id
-                RETURNING o.message_id
+                DELETE FROM whatsapp_outbox o USING stale s WHERE o.id = s.id
+                RETURNING o.message_id, s.abandoned
             )
             UPDATE whatsapp_message m
-            SET status = 'failed', status_at = clock_timestamp(), error_code = NULL,
-                error_title = $2, error_outcome_unknown = true
+            SET status = 'failed', status_at = NULL, error_code = NULL,
+                error_title = CASE WHEN gone.abandoned THEN $2 ELSE $3 END,
+                error_outcome_unknown = gone.abandoned
             FROM gone
             WHERE m.id = gone.message_id AND m.status = 'pending'
-            RETURNING m.business_id, m.conversation_id, m.id, m.status_at
+              AND m.provider_message_id IS NULL
+            RETURNING m.business_id, m.conversation_id, m.id, m.error_outcome_unknown,
+                      m.error_title
         $$
         """
     )
     for function in (
         "wa_inbox_claim_sends(text, double precision, integer)",
-        "wa_inbox_fail_abandoned_sends(integer, text)",
+        "wa_inbox_fail_stale_sends(integer, text, text)",
     ):
         op.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC")
         op.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {APP_ROLE}")
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION wa_inbox_fail_abandoned_sends(integer, text)")
+    op.execute("DROP FUNCTION wa_inbox_fail_stale_sends(integer, text, text)")
     op.execute("DROP FUNCTION wa_inbox_claim_sends(text, double precision, integer)")
     op.execute("DROP TABLE whatsapp_outbox")
     op.execute("ALTER TABLE whatsapp_message DROP COLUMN error_outcome_unknown")
