@@ -61,7 +61,7 @@ def serve(settings: Settings) -> None:
     upgrade_to_head(url)
     if settings.auth_secret is None:
         secret = load_or_create_development_secret(settings.data_dir)
-        settings = dataclasses.replace(settings, auth_secret=secret)
+        settings = dataclasses.replace(settings, auth_secret=secret, development_secret=True)
         _show_development_token(settings, secret)
     log.info(
         "migrations applied; serving GraphQL at http://%s:%s/graphql", settings.host, settings.port
