@@ -195,7 +195,12 @@ function renderThreadList() {
     item.append(button);
     return item;
   });
+  // Live events redraw the list: whoever was on a row with the keyboard stays on it.
+  const focused = document.activeElement?.dataset?.threadId;
   $("thread-list").replaceChildren(...items);
+  if (focused) {
+    document.querySelector(`.thread-row[data-thread-id="${focused}"]`)?.focus();
+  }
   $("no-threads").hidden = threads.length > 0;
   $("load-more-threads").hidden = !state.moreThreads;
 }
@@ -341,13 +346,13 @@ function renderMessage(message) {
 }
 
 const MEDIA_LABELS = {
-  image: "📷 Photo",
-  video: "🎬 Video",
-  audio: "🎤 Voice message",
-  document: "📄 Document",
+  image: "Photo",
+  video: "Video",
+  audio: "Voice message",
+  document: "Document",
   sticker: "Sticker",
-  location: "📍 Location",
-  contacts: "👤 Contact card",
+  location: "Location",
+  contacts: "Contact card",
   reaction: "Reaction",
   interactive: "Reply button",
   button: "Button",
@@ -372,7 +377,7 @@ function renderContent(message) {
 }
 
 const TICKS = {
-  PENDING: ["🕓", "Sending"],
+  PENDING: ["", "Sending"],
   SENT: ["✓", "Sent"],
   DELIVERED: ["✓✓", "Delivered"],
   READ: ["✓✓", "Read"],
