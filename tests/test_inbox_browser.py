@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -432,7 +433,13 @@ async def test_a_reply_typed_in_the_page_reaches_the_cloud_api_once_and_its_tick
                     'accessToken: "EAAG-fake-token") { id } }',
                     {"id": "106540352242922"},
                 )
-                await deliver_text(http, "wamid.window-open", body="Can I change my order?")
+                # Just now: the customer service window is open.
+                await deliver_text(
+                    http,
+                    "wamid.window-open",
+                    body="Can I change my order?",
+                    timestamp=int(time.time()),
+                )
                 served = RestartableServer(app)
                 await served.start()
                 opened = Tabs(browser, served.url)
@@ -467,7 +474,7 @@ async def test_a_reply_the_server_refuses_is_shown_inline(
 ) -> None:
     # The channel has no access token: sendMessage answers CHANNEL_NOT_CONFIGURED.
     await connect_channel(client)
-    await deliver_text(http, "wamid.no-token", body="Hello?")
+    await deliver_text(http, "wamid.no-token", body="Hello?", timestamp=int(time.time()))
     page = await tabs.open()
     await thread_row(page, "Ana Souza").click()
     await page.fill("#reply-body", "This cannot be sent")
