@@ -23,6 +23,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from domain.access import Role
+from gql.app import create_app
 from gql.live_protocol import LeanWebSocketsProtocol
 from gql.settings import Settings
 from tests.conftest import PROJECT_ROOT, GraphQLClient, ingest, token_for
@@ -177,6 +178,11 @@ class Tabs:
         else:
             await route.abort()
 
+    async def close(self) -> None:
+        for context in self.contexts:
+            await context.close()
+        self.contexts.clear()
+
     async def screenshot_all(self, folder: Path) -> None:
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         for number, context in enumerate(self.contexts):
@@ -196,8 +202,7 @@ async def tabs(
     finally:
         if request.session.testsfailed > failed_before:
             await opened.screenshot_all(ARTIFACTS / request.node.name)
-        for context in opened.contexts:
-            await context.close()
+        await opened.close()
 
 
 async def expect_live(page: Page) -> None:
@@ -234,6 +239,10 @@ async def test_a_webhook_message_and_its_badge_appear_live_in_every_tab_of_its_b
     await connect_channel(client.as_business(2), SECOND_PHONE_NUMBER_ID)
     # One agent signs in through the form, the way a person does.
     first = await tabs.open(sign_in=False)
+    # A server with an AUTH_SECRET pre-fills nothing.
+    await expect(first.locator("#token")).to_be_focused()
+    await expect(first.locator("#token")).to_have_value("")
+    await expect(first.locator("#development-token-note")).to_be_hidden()
     token = token_for(1, user_id="agent-1", role=Role.AGENT)
     await first.fill("#token", f"Bearer {token}")
     await first.get_by_role("button", name="Sign in").click()
@@ -274,6 +283,61 @@ async def test_a_webhook_message_and_its_badge_appear_live_in_every_tab_of_its_b
         await expect(page.locator("#total-unread")).to_be_hidden()
         await expect(page).to_have_title("Inbox")
     await expect(other_business.locator("#total-unread")).to_have_text("1")
+
+
+async def test_a_development_server_pre_fills_the_sign_in_form_with_a_token_that_works(
+    tabs: Tabs, settings: Settings
+) -> None:
+    development = create_app(dataclasses.replace(settings, development_secret=True))
+    async with development.router.lifespan_context(development):
+        served = RestartableServer(development)
+        await served.start()
+        try:
+            page = await tabs.open(sign_in=False)
+            await page.goto(served.url + "/")
+            await expect(page.locator("#development-token-note")).to_be_visible()
+            await expect(page.locator("#token")).not_to_have_value("")
+            await page.get_by_role("button", name="Sign in").click()
+            await expect_live(page)
+            await expect(page.locator("#no-threads")).to_be_visible()
+        finally:
+            await served.stop()
+
+
+async def test_a_refused_token_is_sent_back_to_the_sign_in_form_saying_why(tabs: Tabs) -> None:
+    page = await tabs.open(sign_in=False)
+    await page.fill("#token", "not-a-token")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#sign-in-error")).to_contain_text("token")
+    await expect(page.locator("#inbox")).to_be_hidden()
+    assert await page.evaluate(f"sessionStorage.getItem({TOKEN_KEY!r})") is None
+
+
+LINK_LEAD = """
+mutation($phone: String, $leadId: ID!) { linkLead(phone: $phone, leadId: $leadId) { id } }
+"""
+
+
+async def test_two_threads_found_to_be_one_customer_become_one_row_live(
+    tabs: Tabs, client: GraphQLClient, http: httpx.AsyncClient
+) -> None:
+    await connect_channel(client)
+    await deliver_text(http, "wamid.merge-ana", body="From my first number")
+    await deliver_text(
+        http, "wamid.merge-bruno", sender=BRUNO, name="Bruno", body="From my second number"
+    )
+    page = await tabs.open()
+    await expect(page.locator(".thread-row")).to_have_count(2)
+    await thread_row(page, "Bruno").click()
+    await expect(page.locator(".message")).to_have_count(1)
+
+    # The CRM says both numbers are lead 501's: the open thread (Bruno's) is merged away.
+    await client.execute(LINK_LEAD, {"phone": f"+{ANA}", "leadId": "501"})
+    await client.execute(LINK_LEAD, {"phone": f"+{BRUNO}", "leadId": "501"})
+
+    await expect(page.locator(".thread-row")).to_have_count(1)
+    await expect(page.locator(".message")).to_have_count(2)
+    await expect(page.locator(".message").first).to_contain_text("From my first number")
 
 
 async def test_a_restarted_server_is_reconnected_to_and_what_arrived_meanwhile_is_shown(
@@ -411,7 +475,6 @@ async def test_a_reply_typed_in_the_page_reaches_the_cloud_api_once_and_its_tick
 ) -> None:
     # tests/fake_cloud_api.py comes with the send path (issue 16, main); this test runs once
     # both are merged. TODO(issue 16): drop the gate when they are.
-    from gql.app import create_app
     from tests.fake_cloud_api import FakeCloudApi
 
     with FakeCloudApi() as cloud_api:
@@ -463,8 +526,7 @@ async def test_a_reply_typed_in_the_page_reaches_the_cloud_api_once_and_its_tick
                     await opened.screenshot_all(ARTIFACTS / request.node.name)
                     raise
                 finally:
-                    for context in opened.contexts:
-                        await context.close()
+                    await opened.close()
                     await served.stop()
 
 

@@ -89,7 +89,7 @@ async function start() {
   wireEvents();
   const saved = sessionStorage.getItem(TOKEN_KEY);
   if (saved) {
-    await signIn(saved);
+    inBackground(() => signIn(saved));
   } else {
     await showSignIn();
   }
@@ -104,8 +104,8 @@ async function showSignIn(message = "") {
   // Only a server signing with a generated development secret (`make run` without
   // AUTH_SECRET) answers this; everywhere else it is a 404 and the field stays empty.
   if (!$("token").value) {
-    const response = await fetch("/inbox/development-token", { cache: "no-store" });
-    if (response.ok) {
+    const response = await fetch("/inbox/development-token", { cache: "no-store" }).catch(() => null);
+    if (response?.ok) {
       $("token").value = (await response.json()).token;
       $("development-token-note").hidden = false;
     }
@@ -133,7 +133,11 @@ async function signIn(rawToken) {
 }
 
 function signOut(message = "") {
+  if (state.token === null) {
+    return; // already signed out (the socket and a request may both report a refused token)
+  }
   sessionStorage.removeItem(TOKEN_KEY);
+  showNotice("");
   state.live?.dispose();
   state.live = null;
   state.token = null;
@@ -146,10 +150,41 @@ function signOut(message = "") {
 }
 
 // ---------------------------------------------------------------------------------------
+// Calling the API as the signed-in user. A refused token (expired, revoked) signs out; other
+// failures of work nobody waits for (a click, a live event) are shown in the notice bar.
+
+async function call(query, variables) {
+  try {
+    return await request(state.token, query, variables);
+  } catch (error) {
+    if (error instanceof GraphQLRequestError && error.code === "UNAUTHENTICATED") {
+      signOut("The server refused the token (expired or revoked): sign in again.");
+    }
+    throw error;
+  }
+}
+
+function inBackground(task) {
+  task().then(
+    () => showNotice(""),
+    (error) => {
+      if (state.token) {
+        showNotice(error instanceof GraphQLRequestError ? error.message : "The server could not be reached; retrying when it is back.");
+      }
+    },
+  );
+}
+
+function showNotice(text) {
+  $("notice").textContent = text;
+  $("notice").hidden = !text;
+}
+
+// ---------------------------------------------------------------------------------------
 // The thread list.
 
 async function loadThreads({ reset }) {
-  const data = await request(state.token, THREADS, {
+  const data = await call(THREADS, {
     // A reset after a reconnection refetches as many threads as were shown.
     first: reset ? Math.max(THREADS_PAGE, state.threads.size) : THREADS_PAGE,
     after: reset ? null : state.threadsCursor,
@@ -191,7 +226,7 @@ function renderThreadList() {
     badge.hidden = thread.unreadCount === 0;
     badge.setAttribute("aria-hidden", "true");
     button.append(badge);
-    button.addEventListener("click", () => openThread(thread.id));
+    button.addEventListener("click", () => inBackground(() => openThread(thread.id)));
     item.append(button);
     return item;
   });
@@ -223,6 +258,7 @@ async function openThread(threadId) {
   $("thread-view").hidden = false;
   $("no-thread-open").hidden = true;
   $("message-list").replaceChildren();
+  $("reply-body").value = "";
   $("reply-error").textContent = "";
   renderThreadList();
   await loadMessages({ older: false });
@@ -233,7 +269,7 @@ async function openThread(threadId) {
 
 async function loadMessages({ older }) {
   const open = state.open;
-  const data = await request(state.token, THREAD_WITH_MESSAGES, {
+  const data = await call(THREAD_WITH_MESSAGES, {
     id: open.id,
     last: MESSAGES_PAGE,
     before: older ? open.olderCursor : null,
@@ -277,7 +313,7 @@ async function loadOlderMessages() {
 }
 
 async function markRead(threadId) {
-  const data = await request(state.token, MARK_READ, { threadId });
+  const data = await call(MARK_READ, { threadId });
   // unreadCountChanged tells every other tab; this one need not wait for it.
   updateThread(data.markRead.thread.id, { unreadCount: data.markRead.thread.unreadCount });
   setTotalUnread(data.markRead.totalUnread);
@@ -301,11 +337,34 @@ function renderThread() {
     (a, b) => a.sentAt.localeCompare(b.sentAt) || Number(a.id) - Number(b.id),
   );
   const nearBottom = isScrolledToNewest();
-  $("message-list").replaceChildren(...messages.map(renderMessage));
+  showMessages(messages);
   $("load-older").hidden = !open.moreOlder;
   renderReplyBox(thread);
   if (nearBottom) {
     scrollToNewest();
+  }
+}
+
+/**
+ * Put `messages` in the list in order, touching only the ones that are new or changed: the
+ * list is an aria-live log, and a screen reader announces every node added to it.
+ */
+function showMessages(messages) {
+  const list = $("message-list");
+  const shown = new Map([...list.children].map((node) => [node.dataset.messageId, node]));
+  let previous = null;
+  for (const message of messages) {
+    const drawn = renderMessage(message);
+    let node = shown.get(message.id);
+    if (!node || node.outerHTML !== drawn.outerHTML) {
+      node?.remove();
+      node = drawn;
+    }
+    const position = previous ? previous.nextSibling : list.firstChild;
+    if (node !== position) {
+      list.insertBefore(node, position);
+    }
+    previous = node;
   }
 }
 
@@ -430,7 +489,7 @@ async function sendReply() {
   $("reply-send").disabled = true;
   $("reply-error").textContent = "";
   try {
-    const data = await request(state.token, SEND_MESSAGE, { threadId: open.id, body });
+    const data = await call(SEND_MESSAGE, { threadId: open.id, body });
     // Stored PENDING; the ticks follow messageStatusChanged from here.
     $("reply-body").value = "";
     receiveMessage(data.sendMessage);
@@ -459,7 +518,7 @@ function connectLive() {
     },
     onConnected: (wasRetry) => {
       if (wasRetry) {
-        refetchMissed();
+        inBackground(refetchMissed);
       }
     },
   });
@@ -477,9 +536,9 @@ function connectLive() {
   subscribeLive(THREAD_MERGED, ({ threadMerged: event }) => {
     state.threads.delete(event.fromThreadId);
     if (state.open?.id === event.fromThreadId) {
-      openThread(event.intoThreadId);
+      inBackground(() => openThread(event.intoThreadId));
     }
-    loadThreads({ reset: true });
+    inBackground(() => loadThreads({ reset: true }));
   });
   subscribeLive(MESSAGE_STATUS_CHANGED, ({ messageStatusChanged: event }) => {
     const message = state.open?.id === event.threadId ? state.open.messages.get(event.messageId) : null;
@@ -501,7 +560,7 @@ function subscribeLive(query, onData) {
     onError: (errors) => {
       if (errors.some((error) => error.extensions?.code === "RESYNC_REQUIRED")) {
         // This subscriber fell behind and missed events: refetch, then subscribe again.
-        refetchMissed();
+        inBackground(refetchMissed);
         subscribeLive(query, onData);
       } else {
         console.warn("subscription ended", query.trim().split(/\s+/)[1], errors);
@@ -536,7 +595,7 @@ function receiveMessage(message) {
     open.messages.set(message.id, { ...message, ...pickStatus(open.messages.get(message.id)) });
     renderThread();
     if (message.direction === "INBOUND" && document.visibilityState === "visible") {
-      markRead(open.id);
+      inBackground(() => markRead(open.id));
     }
   }
 }
@@ -632,14 +691,14 @@ function scrollToNewest() {
 function wireEvents() {
   $("sign-in-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    signIn($("token").value);
+    inBackground(() => signIn($("token").value));
   });
   $("sign-out").addEventListener("click", () => signOut());
-  $("load-more-threads").addEventListener("click", () => loadThreads({ reset: false }));
-  $("load-older").addEventListener("click", loadOlderMessages);
+  $("load-more-threads").addEventListener("click", () => inBackground(() => loadThreads({ reset: false })));
+  $("load-older").addEventListener("click", () => inBackground(loadOlderMessages));
   $("message-scroller").addEventListener("scroll", () => {
     if ($("message-scroller").scrollTop < 40) {
-      loadOlderMessages();
+      inBackground(loadOlderMessages);
     }
   });
   $("back-to-list").addEventListener("click", () => {
