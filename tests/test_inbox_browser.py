@@ -14,6 +14,7 @@ import dataclasses
 import shutil
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from gql.app import create_app
 from gql.live_protocol import LeanWebSocketsProtocol
 from gql.settings import Settings
 from tests.conftest import PROJECT_ROOT, GraphQLClient, ingest, token_for
-from tests.seeded_inbox import seed_inbox
 from tests.webhooks import (
     SECOND_PHONE_NUMBER_ID,
     connect_channel,
@@ -155,13 +155,20 @@ class Tabs:
         *,
         sign_in: bool = True,
         viewport: dict[str, int] | None = None,
+        timezone_id: str | None = None,
+        fixed_time: datetime | None = None,
     ) -> Page:
-        """A tab on the inbox, signed in (its token put in sessionStorage) unless told not."""
+        """A tab on the inbox, signed in (its token put in sessionStorage) unless told not;
+        its clock stopped at `fixed_time` if given."""
         context = await self.browser.new_context(
-            viewport=viewport or {"width": 1100, "height": 720}, locale="en-GB"
+            viewport=viewport or {"width": 1100, "height": 720},
+            locale="en-GB",
+            timezone_id=timezone_id,
         )
         self.contexts.append(context)
         await context.route("**/*", self._local_only)
+        if fixed_time is not None:
+            await context.clock.set_fixed_time(fixed_time)
         if sign_in:
             token = token_for(business_id, user_id=user_id, role=Role.AGENT)
             await context.add_init_script(f"sessionStorage.setItem({TOKEN_KEY!r}, {token!r});")
@@ -422,6 +429,21 @@ async def test_older_messages_load_when_the_thread_is_scrolled_to_the_top(
     await page.locator("#message-scroller").evaluate("scroller => { scroller.scrollTop = 0; }")
     await expect(page.locator(".message")).to_have_count(45)
     await expect(page.locator(".message").first).to_contain_text("message 00")
+    await expect(page.locator("#load-older")).to_be_hidden()
+
+
+async def test_more_threads_load_by_the_button_until_there_are_none(
+    tabs: Tabs, client: GraphQLClient
+) -> None:
+    for number in range(23):
+        await ingest(client, phone=f"+1415555{number:04d}", body=f"thread {number}")
+    page = await tabs.open()
+    await expect(page.locator(".thread-row")).to_have_count(20)
+    await expect(thread_row(page, "+14155550022")).to_contain_text("thread 22")  # latest first
+    await page.get_by_role("button", name="Load more threads").click()
+    await expect(page.locator(".thread-row")).to_have_count(23)
+    await expect(page.locator(".thread-row").last).to_contain_text("thread 0")
+    await expect(page.locator("#load-more-threads")).to_be_hidden()
 
 
 async def test_the_inbox_fits_a_phone_screen_one_pane_at_a_time(
@@ -452,15 +474,111 @@ async def test_graphiql_loads_and_introspects_with_no_internet_access(
     assert errors == []
 
 
+# The README's screenshot: a small team's morning, at fixed times, seen at a fixed time in UTC,
+# so the picture only changes when the page does.
+MORNING = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+DELETE_MESSAGE = "mutation($id: ID!) { deleteMessage(id: $id) { id } }"
+
+
+def at(minutes: int) -> int:
+    return int((MORNING + timedelta(minutes=minutes)).timestamp())
+
+
+def iso(minutes: int) -> str:
+    return (MORNING + timedelta(minutes=minutes)).isoformat()
+
+
+async def seed_morning(client: GraphQLClient, http: httpx.AsyncClient) -> None:
+    await connect_channel(client)
+    await deliver_text(http, "wamid.m1", body="Hi, my order #1042 arrived damaged", timestamp=at(0))
+    photo = text_message("wamid.m2", sender=ANA, timestamp=at(1))
+    photo.pop("text")
+    photo.update(
+        type="image", image={"id": "4711", "caption": "The box", "mime_type": "image/jpeg"}
+    )
+    await post_delivery(http, delivery(messages=[photo]))
+    for source, body, minute, wamid in [
+        ("BOT", "Sorry to hear that! An agent will take a look.", 2, "wamid.out-bot"),
+        ("AUTOMATION", "Ticket #5521 opened for order #1042.", 3, "wamid.out-auto"),
+        ("HUMAN", "I've sent a replacement, it ships today.", 9, "wamid.out-human"),
+    ]:
+        await ingest(
+            client,
+            phone=f"+{ANA}",
+            direction="OUTBOUND",
+            source=source,
+            body=body,
+            providerMessageId=wamid,
+            sentAt=iso(minute),
+        )
+    for wamid, name in [("wamid.out-bot", "read"), ("wamid.out-auto", "delivered")]:
+        await post_delivery(http, delivery(statuses=[status(wamid, name, timestamp=at(10))]))
+    await post_delivery(
+        http, delivery(statuses=[status("wamid.out-human", "sent", timestamp=at(10))])
+    )
+    oops = await deliver_and_get_id(client, http, "wamid.m3", "wrong photo, sorry", at(4))
+    await client.execute(DELETE_MESSAGE, {"id": oops})
+    thanks = text_message("wamid.m4", sender=ANA, body="Thank you so much!", timestamp=at(11))
+    thanks["context"] = {"from": "15550783881", "id": "wamid.out-human"}
+    await post_delivery(http, delivery(messages=[thanks]))
+    await client.execute(MARK_READ, {"phone": f"+{ANA}"})
+    await deliver_text(
+        http,
+        "wamid.b1",
+        sender=BRUNO,
+        name="Bruno Lima",
+        body="Do you ship to Porto?",
+        timestamp=at(20),
+    )
+    await deliver_text(
+        http,
+        "wamid.b2",
+        sender=BRUNO,
+        name="Bruno Lima",
+        body="And how long does it take?",
+        timestamp=at(21),
+    )
+    await deliver_text(
+        http,
+        "wamid.c1",
+        sender="16505550001",
+        name="Carla Mendes",
+        body="Is the blue one back in stock?",
+        timestamp=at(-600),
+    )
+
+
+MARK_READ = "mutation($phone: String) { markRead(phone: $phone) { totalUnread } }"
+
+
+async def deliver_and_get_id(
+    client: GraphQLClient, http: httpx.AsyncClient, wamid: str, body: str, timestamp: int
+) -> str:
+    """Deliver Ana's text `wamid` and return its message id."""
+    await deliver_text(http, wamid, body=body, timestamp=timestamp)
+    data = await client.execute(
+        "query($phone: String) { thread(phone: $phone) { messages(last: 20) "
+        "{ edges { node { id providerMessageId } } } } }",
+        {"phone": f"+{ANA}"},
+    )
+    edges = data["thread"]["messages"]["edges"]
+    (message_id,) = [e["node"]["id"] for e in edges if e["node"]["providerMessageId"] == wamid]
+    return str(message_id)
+
+
 async def test_the_readme_screenshot_of_the_inbox(
     tabs: Tabs, client: GraphQLClient, http: httpx.AsyncClient
 ) -> None:
-    """docs/inbox.png, shown in the README: the seeded inbox with one thread open."""
-    await seed_inbox(client, http)
-    page = await tabs.open(viewport={"width": 1100, "height": 640})
-    await expect(page.locator(".thread-row").first).to_be_visible()
-    await thread_row(page, "Sheena Nelson").click()
-    await expect(page.locator(".message").first).to_be_visible()
+    """docs/inbox.png, shown in the README: every kind of message, badges, ticks, a reply."""
+    await seed_morning(client, http)
+    page = await tabs.open(
+        viewport={"width": 1100, "height": 660},
+        timezone_id="UTC",
+        fixed_time=MORNING + timedelta(minutes=30),
+    )
+    await thread_row(page, "Ana Souza").click()
+    await expect(page.locator(".message")).to_have_count(7)
+    await expect(page.locator("#reply-body")).to_be_enabled()
     await page.locator("#reply-body").blur()
     await page.screenshot(path=SCREENSHOT)
     assert SCREENSHOT.stat().st_size > 10_000
