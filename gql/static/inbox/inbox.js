@@ -77,7 +77,7 @@ const state = {
   threads: new Map(), // id -> thread (with lastMessage)
   threadsCursor: null,
   moreThreads: false,
-  open: null, // { id, messages: Map id -> message, olderCursor, moreOlder, loadingOlder }
+  open: null, // the open thread: see openThread
 };
 
 const $ = (id) => document.getElementById(id);
@@ -118,8 +118,10 @@ async function signIn(rawToken) {
   try {
     await request(token, "query SignIn { unreadCount }");
   } catch (error) {
-    sessionStorage.removeItem(TOKEN_KEY);
-    await showSignIn(error instanceof GraphQLRequestError ? error.message : "The server could not be reached.");
+    if (error instanceof GraphQLRequestError) {
+      sessionStorage.removeItem(TOKEN_KEY); // refused; a server that is down may take it later
+    }
+    await showSignIn(error instanceof GraphQLRequestError ? error.message : "The server could not be reached: try again.");
     return;
   }
   sessionStorage.setItem(TOKEN_KEY, token);
@@ -253,7 +255,14 @@ function setTotalUnread(total) {
 // One thread: its messages, oldest first; older pages load when scrolled to the top.
 
 async function openThread(threadId) {
-  state.open = { id: threadId, messages: new Map(), olderCursor: null, moreOlder: false, loadingOlder: false };
+  state.open = {
+    id: threadId,
+    messages: new Map(), // id -> message
+    earlyStatuses: new Map(), // message id -> a messageStatusChanged event for a message not here yet
+    olderCursor: null,
+    moreOlder: false,
+    loadingOlder: false,
+  };
   document.body.classList.add("showing-thread");
   $("thread-view").hidden = false;
   $("no-thread-open").hidden = true;
@@ -476,7 +485,8 @@ function renderReplyBox(thread) {
   clearTimeout(replyWindowTimer);
   if (open) {
     // Close the box when the window does, without waiting for another event.
-    replyWindowTimer = setTimeout(() => renderReplyBox(thread), Math.min(expiresAt - new Date() + 50, 2 ** 31 - 1));
+    const closesIn = Math.min(expiresAt - new Date() + 50, 2 ** 31 - 1);
+    replyWindowTimer = setTimeout(() => state.open && renderReplyBox(state.threads.get(state.open.id)), closesIn);
   }
 }
 
@@ -511,6 +521,9 @@ async function sendReply() {
 function connectLive() {
   state.live = liveClient(state.token, {
     onState: (connection) => {
+      if (state.token === null) {
+        return; // signed out: the socket closing now is ours
+      }
       setConnection(connection);
       if (connection === "signed-out") {
         signOut("The server refused the token (expired or revoked): sign in again.");
@@ -541,11 +554,15 @@ function connectLive() {
     inBackground(() => loadThreads({ reset: true }));
   });
   subscribeLive(MESSAGE_STATUS_CHANGED, ({ messageStatusChanged: event }) => {
-    const message = state.open?.id === event.threadId ? state.open.messages.get(event.messageId) : null;
+    const open = state.open?.id === event.threadId ? state.open : null;
+    const message = open?.messages.get(event.messageId);
     if (message) {
       message.status = event.status;
       message.deliveryError = event.deliveryError;
       renderThread();
+    } else if (open) {
+      // A reply's SENT can overtake sendMessage's own answer: keep it for when that arrives.
+      open.earlyStatuses.set(event.messageId, event);
     }
     const thread = state.threads.get(event.threadId);
     if (thread?.lastMessage?.id === event.messageId) {
@@ -591,17 +608,17 @@ function receiveMessage(message) {
   renderThreadList();
   const open = state.open;
   if (open?.id === message.threadId) {
-    // Keep a status a later event already moved forward.
-    open.messages.set(message.id, { ...message, ...pickStatus(open.messages.get(message.id)) });
+    // A reply arrives PENDING (from sendMessage, and again from newMessage); keep the status
+    // an event already moved it to.
+    const known = open.messages.get(message.id) ?? open.earlyStatuses.get(message.id);
+    open.earlyStatuses.delete(message.id);
+    const movedOn = message.status === "PENDING" && known && known.status !== "PENDING";
+    open.messages.set(message.id, movedOn ? { ...message, status: known.status, deliveryError: known.deliveryError } : message);
     renderThread();
     if (message.direction === "INBOUND" && document.visibilityState === "visible") {
       inBackground(() => markRead(open.id));
     }
   }
-}
-
-function pickStatus(known) {
-  return known && known.status !== "PENDING" ? { status: known.status, deliveryError: known.deliveryError } : {};
 }
 
 function rememberThread(thread) {
