@@ -147,6 +147,8 @@ class Tabs:
     browser: Browser
     base_url: str
     contexts: list[BrowserContext] = dataclasses.field(default_factory=list)
+    # Uncaught exceptions and unhandled rejections of the pages' scripts: a test fails on any.
+    page_errors: list[str] = dataclasses.field(default_factory=list)
 
     async def open(
         self,
@@ -173,6 +175,7 @@ class Tabs:
             token = token_for(business_id, user_id=user_id, role=Role.AGENT)
             await context.add_init_script(f"sessionStorage.setItem({TOKEN_KEY!r}, {token!r});")
         page = await context.new_page()
+        page.on("pageerror", lambda error: self.page_errors.append(f"{page.url}: {error}"))
         await page.goto(self.base_url + "/")
         if sign_in:
             await expect_live(page)
@@ -210,6 +213,7 @@ async def tabs(
         if request.session.testsfailed > failed_before:
             await opened.screenshot_all(ARTIFACTS / request.node.name)
         await opened.close()
+    assert opened.page_errors == []
 
 
 async def expect_live(page: Page) -> None:
@@ -466,12 +470,10 @@ async def test_graphiql_loads_and_introspects_with_no_internet_access(
     tabs: Tabs, server: RestartableServer
 ) -> None:
     page = await tabs.open(sign_in=False)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
     await page.goto(server.url + "/graphql")
     await expect(page.locator(".graphiql-container .graphiql-editors")).to_be_visible()
     await expect(page.get_by_text("Loading...")).to_have_count(0)
-    assert errors == []
+    assert tabs.page_errors == []  # `Cookies is not defined` when js-cookie cannot load
 
 
 # The README's screenshot: a small team's morning, at fixed times, seen at a fixed time in UTC,
