@@ -633,7 +633,8 @@ async def test_a_reply_typed_in_the_page_reaches_the_cloud_api_once_and_its_tick
                     await page.keyboard.press("Enter")
                     outbound = page.locator(".message--outbound")
                     await expect(outbound).to_contain_text("Yes, tell me what to change.")
-                    (sent,) = cloud_api.wait_for_requests(1)
+                    # The fake waits on threads; the sender runs on this loop, so wait beside it.
+                    (sent,) = await asyncio.to_thread(cloud_api.wait_for_requests, 1)
                     assert sent.json["text"]["body"] == "Yes, tell me what to change."
                     ticks = outbound.locator(".ticks")
                     await expect(ticks).to_have_attribute("data-status", "SENT")
