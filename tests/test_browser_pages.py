@@ -12,6 +12,7 @@ import jwt
 import pytest
 from starlette.applications import Starlette
 
+from gql import graphiql
 from gql.app import create_app
 from gql.browser import INBOX_DIR, VENDOR_DIR
 from gql.graphiql import vendored_assets
@@ -144,3 +145,19 @@ async def test_a_server_that_generated_its_secret_offers_a_token_it_accepts(
                 headers={"Authorization": f"Bearer {token}"},
             )
             assert signed_in.json() == {"data": {"unreadCount": 0}}
+
+
+def test_a_graphiql_file_not_vendored_stays_on_unpkg_and_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A strawberry upgrade that moves GraphiQL's pins degrades GraphiQL, not the server."""
+    page = (
+        '<script src="https://unpkg.com/react@18.2.0/umd/react.production.min.js"></script>'
+        '<script src="https://unpkg.com/graphiql@9.9.9/graphiql.min.js"></script>'
+    )
+    monkeypatch.setattr(graphiql, "get_graphql_ide_html", lambda graphql_ide: page)
+    html = graphiql.offline_graphiql_html()
+    assert vendored_assets(html) == ["/static/vendor/react@18.2.0/umd/react.production.min.js"]
+    assert '"https://unpkg.com/graphiql@9.9.9/graphiql.min.js"' in html
+    assert "graphiql@9.9.9/graphiql.min.js" in caplog.text
+    assert "fetch.sh" in caplog.text
