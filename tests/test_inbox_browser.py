@@ -279,6 +279,8 @@ async def test_a_webhook_message_and_its_badge_appear_live_in_every_tab_of_its_b
         row = thread_row(page, "Ana Souza")
         await expect(row).to_contain_text("Is my order on its way?")
         await expect(row.locator(".badge")).to_have_text("1")
+        # What a screen reader says of the row (the badge itself is hidden from it).
+        await expect(page.get_by_role("button", name="Ana Souza, 1 unread")).to_be_visible()
         await expect(page.locator("#total-unread")).to_have_text("1")
         await expect(page).to_have_title("(1) Inbox")
     # The other business saw its own message arrive, and nothing of the first business.
@@ -403,7 +405,9 @@ async def test_a_thread_shows_each_message_by_source_and_kind_and_the_reply_box_
             sentAt=f"2026-11-30T10:0{minute}:00+00:00",
         )
     page = await tabs.open()
-    await thread_row(page, "+14155550142").click()
+    # By keyboard: to the row, Enter opens it.
+    await thread_row(page, "+14155550142").focus()
+    await page.keyboard.press("Enter")
     messages = page.locator(".message")
     await expect(messages).to_have_count(3)
     await expect(messages.locator(".source-badge")).to_have_text(["Bot", "Automation", "Agent"])
