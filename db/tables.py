@@ -97,6 +97,9 @@ messages = Table(
     # A customer's edit replaces `body`; the text as first sent is kept in `original_body`.
     Column("edited_at", DateTime(timezone=True)),
     Column("original_body", Text),
+    # FAILED without knowing whether WhatsApp took the message: the sender lost its answer
+    # (db/outbox.py); resending could deliver it twice.
+    Column("error_outcome_unknown", Boolean, nullable=False, server_default="false"),
     UniqueConstraint("business_id", "provider_message_id", name=MESSAGE_PROVIDER_ID_CONSTRAINT),
     CheckConstraint("direction IN ('in', 'out')", name="ck_wa_msg_direction"),
     CheckConstraint(
@@ -223,6 +226,35 @@ pending_revisions = Table(
     CheckConstraint("kind IN ('edit', 'revoke')", name="ck_wa_pending_revision_kind"),
 )
 
+# Messages to post to the Cloud API (db/outbox.py): a row exists while its message is PENDING.
+outbox = Table(
+    "whatsapp_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("business_id", BigInteger, nullable=False),
+    Column(
+        "message_id",
+        BigInteger,
+        ForeignKey("whatsapp_message.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("phone_number_id", String(64), nullable=False),
+    # The Cloud API request body, without the token (added as each attempt is made).
+    Column("request", JSONB, nullable=False),
+    Column("state", String(8), nullable=False, server_default="queued"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column(
+        "next_attempt_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+    ),
+    Column("deadline_at", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("claimed_by", Text),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("state IN ('queued', 'sending')", name="ck_wa_outbox_state"),
+)
+
 # Parts of webhook deliveries that could not be stored, with the reason, for operators.
 webhook_rejections = Table(
     "whatsapp_webhook_rejection",
@@ -264,6 +296,7 @@ __all__ = [
     "conversations",
     "messages",
     "metadata",
+    "outbox",
     "pending_revisions",
     "pending_statuses",
     "thread_merges",

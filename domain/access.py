@@ -1,8 +1,9 @@
 """Who may do what within a business: the roles a token can carry and what each allows.
 
-- agent (the default, least privilege): read threads, mark them read, record HUMAN messages,
-  delete messages, close and reopen threads.
-- service (bots and automations): read threads, ingest messages of any source, link leads.
+- agent (the default, least privilege): read threads, mark them read, record and send HUMAN
+  messages, delete messages, close and reopen threads.
+- service (bots and automations): read threads, ingest and send messages of any business
+  source, link leads.
 - admin: everything of its business, including its WhatsApp channels.
 """
 
@@ -25,6 +26,16 @@ def require_may_ingest(role: Role, source: Source) -> None:
     if role is Role.AGENT and source is not Source.HUMAN:
         raise Forbidden(
             "an agent records HUMAN messages only; bots and automations need a service token"
+        )
+
+
+def require_may_send(role: Role, source: Source) -> None:
+    """Agents reply as themselves (HUMAN); bots and automations send with service tokens."""
+    if source is Source.CUSTOMER:
+        raise Forbidden("the inbox sends as the business, never as the customer")
+    if role is Role.AGENT and source is not Source.HUMAN:
+        raise Forbidden(
+            "an agent sends HUMAN messages only; bots and automations need a service token"
         )
 
 

@@ -1,5 +1,7 @@
 """Errors the domain raises on purpose, each with the code clients see in `extensions.code`."""
 
+from typing import Any
+
 
 class DomainError(Exception):
     code = "INTERNAL_SERVER_ERROR"
@@ -7,6 +9,11 @@ class DomainError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """What clients see in `extensions` besides `code`: details they can act on."""
+        return {}
 
 
 class BadInput(DomainError):

@@ -42,4 +42,19 @@ class ThreadMerged:
         return self.into_thread_id
 
 
-InboxEvent = MessageStored | ThreadRead | ThreadMerged
+@dataclass(frozen=True)
+class MessageStatusChanged:
+    """An outbound message's delivery status moved (the sender's SENT or FAILED, a status
+    webhook). Unlike counts, a status is the message's own: the event carries it, so each
+    change is delivered as it was committed, in order."""
+
+    business_id: int
+    thread_id: int
+    message_id: int
+    status: str
+    error_code: int | None = None
+    error_title: str | None = None
+    error_outcome_unknown: bool = False
+
+
+InboxEvent = MessageStored | ThreadRead | ThreadMerged | MessageStatusChanged

@@ -7,14 +7,17 @@ a retry of its own succeeded (db/statements.py `_replaces`). A status for a mess
 yet is kept and applied when the message is stored.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import statements
+from db import outbox, statements
 from db.unit_of_work import Sessions, run_unit_of_work
+from domain.events import MessageStatusChanged
 from domain.models import MessageStatus
 
 REPORTABLE_STATUSES = frozenset(
@@ -35,6 +38,21 @@ class StatusUpdate:
     status_at: datetime
     error_code: int | None = None
     error_title: str | None = None
+    # The message our sender posted, named by the `biz_opaque_callback_data` it set.
+    sent_message_id: int | None = None
+
+
+def status_changed(row: Mapping[Any, Any]) -> MessageStatusChanged:
+    """The event of a message row whose status was just written."""
+    return MessageStatusChanged(
+        row["business_id"],
+        row["conversation_id"],
+        row["id"],
+        row["status"],
+        row["error_code"],
+        row["error_title"],
+        error_outcome_unknown=row["error_outcome_unknown"],
+    )
 
 
 class StatusOutcome(Enum):
@@ -43,14 +61,20 @@ class StatusOutcome(Enum):
     STALE = "stale"  # the message is already at this status or beyond
 
 
+@dataclass(frozen=True)
+class StatusRecorded:
+    outcome: StatusOutcome
+    event: MessageStatusChanged | None = None  # set when APPLIED
+
+
 async def record_status(
     sessions: Sessions, business_id: int, update: StatusUpdate
-) -> StatusOutcome:
+) -> StatusRecorded:
     """Apply `update` to the business's outbound message, or keep it until that is stored."""
     if update.status not in REPORTABLE_STATUSES:
         raise ValueError(f"{update.status} is not a delivery status")
 
-    async def work(session: AsyncSession) -> StatusOutcome:
+    async def work(session: AsyncSession) -> StatusRecorded:
         # The same lock as storing an outbound message with this provider id: the message is
         # either visible here, or its writer will find the pending status.
         await statements.lock_provider_id(session, business_id, update.provider_message_id)
@@ -64,12 +88,28 @@ async def record_status(
             error_title=update.error_title,
         )
         if advanced is not None:
-            return StatusOutcome.APPLIED
+            return StatusRecorded(StatusOutcome.APPLIED, status_changed(advanced))
         stored = await statements.find_message_by_provider_id(
             session, business_id, update.provider_message_id
         )
         if stored is not None:
-            return StatusOutcome.STALE
+            return StatusRecorded(StatusOutcome.STALE)
+        if update.sent_message_id is not None and await outbox.adopt_provider_id(
+            session, business_id, update.sent_message_id, update.provider_message_id
+        ):
+            # A message whose send answer was lost (or is still on its way): WhatsApp's
+            # status names it, so it did go out. It takes the id, then the status.
+            advanced = await statements.advance_message_status(
+                session,
+                business_id,
+                update.provider_message_id,
+                status=update.status.value,
+                status_at=update.status_at,
+                error_code=update.error_code,
+                error_title=update.error_title,
+            )
+            if advanced is not None:
+                return StatusRecorded(StatusOutcome.APPLIED, status_changed(advanced))
         await statements.keep_pending_status(
             session,
             business_id,
@@ -79,6 +119,6 @@ async def record_status(
             error_code=update.error_code,
             error_title=update.error_title,
         )
-        return StatusOutcome.KEPT_PENDING
+        return StatusRecorded(StatusOutcome.KEPT_PENDING)
 
     return await run_unit_of_work(sessions, work, business_id=business_id)

@@ -25,6 +25,12 @@ class InboxMetrics:
     # GraphQL operations run on their compiled plan, and on graphql-core (what no plan covers).
     graphql_compiled_executions: int = 0
     graphql_reference_executions: int = 0
+    # The sender (gql/sender.py): attempts WhatsApp took, attempts to be repeated, messages
+    # failed (final errors, exhausted retries, unknown outcomes), and answers lost.
+    sends_accepted: int = 0
+    sends_retried: int = 0
+    sends_failed: int = 0
+    sends_outcome_unknown: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {field.name: getattr(self, field.name) for field in fields(self)}

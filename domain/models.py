@@ -116,6 +116,8 @@ class Message:
     referral: Any = None
     edited_at: datetime | None = None
     original_body: str | None = None
+    # FAILED because the sender lost WhatsApp's answer: it may have been delivered after all.
+    error_outcome_unknown: bool = False
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> "Message":
@@ -142,4 +144,5 @@ class Message:
             referral=row["referral"],
             edited_at=row["edited_at"],
             original_body=row["original_body"],
+            error_outcome_unknown=row["error_outcome_unknown"],
         )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import statements
+from db import outbox, statements
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.customer_identities import on_current_thread
 from domain.errors import NotFound
@@ -33,6 +33,9 @@ async def delete_message(sessions: Sessions, business_id: int, message_id: int) 
         if found is None:
             raise NotFound("no message with that id")
         row, was_unread = found
+        # A reply deleted before the sender took it is never sent; one being posted already
+        # goes out (and stays deleted here).
+        await outbox.cancel_send(session, business_id, message_id)
         message = Message.from_row(row)
         event = ThreadRead(business_id, message.thread_id) if was_unread else None
         return DeletedMessage(message, event)

@@ -84,9 +84,10 @@ async def store_delivery(
     """Store every part of `delivery` for the business owning its number.
 
     `on_stored` receives the events of each newly stored message (its merges, then the
-    message) as soon as it is committed, also when a later part fails: those messages are
-    stored, and a redelivery will not announce them again. With `group_commit`, the messages
-    share their statement with the business's concurrent deliveries and ingests.
+    message) and of each status applied as soon as it is committed, also when a later part
+    fails: those messages are stored, and a redelivery will not announce them again. With
+    `group_commit`, the messages share their statement with the business's concurrent
+    deliveries and ingests.
     """
     report = DeliveryReport(ignored_fields=len(delivery.ignored_fields))
     owners = await run_statement(
@@ -135,7 +136,10 @@ async def store_delivery(
         if status.phone_number_id not in owners:
             continue
         business_id = owners[status.phone_number_id]
-        result = await record_status(sessions, business_id, status.update)
+        recorded = await record_status(sessions, business_id, status.update)
+        result = recorded.outcome
+        if recorded.event is not None:
+            on_stored(recorded.event)
         if result is StatusOutcome.APPLIED:
             report.statuses_applied += 1
         elif result is StatusOutcome.KEPT_PENDING:

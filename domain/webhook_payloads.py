@@ -29,6 +29,7 @@ from domain.messages import (
     IncomingMessage,
 )
 from domain.models import Direction, MessageStatus, Source
+from domain.sending import message_id_in_callback
 from domain.storable_text import is_storable
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
@@ -496,6 +497,7 @@ def _read_status(raw: Any) -> StatusUpdate:
         status_at=_timestamp(raw),
         error_code=error_code,
         error_title=error_title,
+        sent_message_id=message_id_in_callback(raw.get("biz_opaque_callback_data")),
     )
 
 

@@ -3,7 +3,7 @@
 import dataclasses
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -18,8 +18,13 @@ from db import statements
 from db.engine import EngineOptions, build_engine, build_sessionmaker
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.channel_tokens import TokenVault
+from domain.events import InboxEvent
 from domain.group_commit import GroupCommit
+from domain.metrics import InboxMetrics
+from domain.send_attempts import SendPolicy
 from gql.browser import DevelopmentToken, StaticFilesWithCaching, inbox_page
+from gql.cloud_api import CloudApi
+from gql.context import Sending
 from gql.fanout import FanOutHub
 from gql.health import HealthEndpoints, check_database
 from gql.http import GraphQLEndpoint, checked_document
@@ -30,11 +35,15 @@ from gql.operations import Operations
 from gql.origins import WebSocketOriginGuard
 from gql.persisted_documents import PersistedDocuments
 from gql.schema import build_schema
+from gql.sender import Sender, SenderOptions
 from gql.settings import Settings
 from gql.websocket import InboxWebSocketView
 from gql.whatsapp_webhook import WhatsAppWebhook
 
 log = logging.getLogger("wa_inbox.app")
+
+# Claims, abandoned-lease checks and recording answers: a couple of statements at a time.
+SENDER_POOL_SIZE = 2
 
 LIVE_PATH = "/graphql"
 
@@ -82,6 +91,36 @@ async def _require_key_for_stored_tokens(sessions: Sessions) -> None:
         raise ChannelSecretKeyMissing(f"{stored} channel tokens need CHANNEL_SECRET_KEY")
 
 
+def _sender(
+    settings: Settings,
+    sessions: Sessions,
+    vault: TokenVault | None,
+    publish: Callable[[InboxEvent | None], None],
+    metrics: InboxMetrics,
+) -> Sender:
+    policy = SendPolicy(
+        max_attempts=settings.send_max_attempts,
+        deadline=timedelta(seconds=settings.send_deadline_s),
+        retry_base_s=settings.send_retry_base_ms / 1000,
+    )
+    return Sender(
+        sessions,
+        lambda: CloudApi(
+            settings.whatsapp_api_base_url,
+            settings.whatsapp_api_version,
+            timeout_s=settings.send_request_timeout_s,
+        ),
+        vault,
+        SenderOptions(
+            policy=policy,
+            lease_s=settings.send_lease_s,
+            poll_interval_s=settings.send_poll_interval_ms / 1000,
+        ),
+        publish,
+        metrics,
+    )
+
+
 def development_secret() -> str:
     return secrets.token_urlsafe(32)
 
@@ -127,7 +166,23 @@ def create_app(settings: Settings) -> Starlette:
         live_metrics=server_metrics.live,
     )
     token_vault = TokenVault(settings.channel_secret_keys) if settings.channel_secret_keys else None
-    hub.contexts = dataclasses.replace(hub.contexts, token_vault=token_vault)
+    # The sender's own small pool: its polling never takes a connection a request waits for,
+    # and what requests run (the tests count their statements) is theirs alone.
+    sender_engine = build_engine(
+        settings.database_url,
+        EngineOptions(
+            statement_timeout_ms=settings.statement_timeout_ms,
+            pool_size=SENDER_POOL_SIZE,
+            max_overflow=0,
+            role=settings.database_app_role,
+        ),
+    )
+    sender = _sender(settings, build_sessionmaker(sender_engine), token_vault, hub.publish, metrics)
+    hub.contexts = dataclasses.replace(
+        hub.contexts,
+        token_vault=token_vault,
+        sending=Sending(timedelta(seconds=settings.send_deadline_s), sender.wake),
+    )
     persisted_documents = PersistedDocuments(
         settings.trusted_documents,
         # As Apollo Server does, only documents that parse and validate are learned.
@@ -199,9 +254,12 @@ def create_app(settings: Settings) -> Starlette:
         if database.reachable and token_vault is None:
             await _require_key_for_stored_tokens(sessions)
         await hub.start()
+        await sender.start()
         try:
             yield
         finally:
+            await sender.stop()
+            await sender_engine.dispose()
             await hub.stop()
             await engine.dispose()
 
@@ -259,4 +317,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.metrics = metrics
     app.state.server_metrics = server_metrics
     app.state.hub = hub
+    app.state.sender = sender
     return app

@@ -3,6 +3,7 @@
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +14,7 @@ from domain.channel_tokens import TokenVault
 from domain.events import InboxEvent
 from domain.group_commit import GroupCommit
 from domain.metrics import InboxMetrics
+from domain.send_attempts import DEFAULT_SEND_DEADLINE
 from gql.auth import Principal
 from gql.loaders import Loaders
 
@@ -62,6 +64,19 @@ class RequestFinished(Exception):
     """A read was asked for after its request had ended."""
 
 
+def _no_sender() -> None:
+    """Without a sender (tools, tests of the edge alone) queued sends wait for one."""
+
+
+@dataclass(frozen=True)
+class Sending:
+    """What sendMessage needs from the server: how long a send may be tried, and the sender
+    to wake once the message is committed."""
+
+    deadline: timedelta = DEFAULT_SEND_DEADLINE
+    wake_sender: Callable[[], None] = _no_sender
+
+
 @dataclass
 class Context:
     request_id: str
@@ -75,6 +90,7 @@ class Context:
     group_commit: GroupCommit | None = None
     # Seals channel access tokens (CHANNEL_SECRET_KEY); None when the server has no key.
     token_vault: TokenVault | None = None
+    sending: Sending = field(default_factory=lambda: Sending())
     reads: RequestReads = field(init=False)
     loaders: Loaders = field(init=False)
 
@@ -105,6 +121,7 @@ class ContextFactory:
     publish: Callable[[InboxEvent | None], None]
     group_commit: GroupCommit | None = None
     token_vault: TokenVault | None = None
+    sending: "Sending" = field(default_factory=lambda: Sending())
 
     def __call__(self, principal: Principal, request_id: str) -> Context:
         return Context(
@@ -116,4 +133,5 @@ class ContextFactory:
             publish=self.publish,
             group_commit=self.group_commit,
             token_vault=self.token_vault,
+            sending=self.sending,
         )

@@ -6,7 +6,8 @@ a request id, and logged in full under that id: no trace, SQL or internal name l
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
@@ -30,7 +31,7 @@ def request_error_code(error: GraphQLError) -> str:
 def shape_error(error: GraphQLError, request_id: str) -> GraphQLError:
     original = error.original_error
     if isinstance(original, DomainError):
-        return _with_code(error, original.message, original.code)
+        return _with_code(error, original.message, original.code, original.extensions)
     if original is None or isinstance(original, GraphQLError) or error.path is None:
         # GraphQL's own errors about the request (values that do not coerce included): the
         # message is written for the client and names nothing internal.
@@ -51,14 +52,16 @@ def shape_error(error: GraphQLError, request_id: str) -> GraphQLError:
     )
 
 
-def _with_code(error: GraphQLError, message: str, code: str) -> GraphQLError:
+def _with_code(
+    error: GraphQLError, message: str, code: str, details: Mapping[str, Any] | None = None
+) -> GraphQLError:
     return GraphQLError(
         message,
         nodes=error.nodes,
         source=error.source,
         positions=error.positions,
         path=error.path,
-        extensions={**(error.extensions or {}), "code": code},
+        extensions={**(error.extensions or {}), **(details or {}), "code": code},
     )
 
 

@@ -35,7 +35,13 @@ from starlette.websockets import WebSocket
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain import customer_identities, read_state, threads
 from domain.errors import DomainError
-from domain.events import InboxEvent, MessageStored, ThreadMerged, ThreadRead
+from domain.events import (
+    InboxEvent,
+    MessageStatusChanged,
+    MessageStored,
+    ThreadMerged,
+    ThreadRead,
+)
 from domain.metrics import InboxMetrics
 from gql.arguments import parse_row_id
 from gql.auth import Principal
@@ -53,6 +59,7 @@ CHANNEL = "wa_inbox_events"
 NEW_MESSAGE = "newMessage"
 UNREAD_COUNT_CHANGED = "unreadCountChanged"
 THREAD_MERGED = "threadMerged"
+MESSAGE_STATUS_CHANGED = "messageStatusChanged"
 
 YIELD_EVERY_MEMBERS = 25
 
@@ -601,6 +608,15 @@ class FanOutHub:
         if isinstance(event, ThreadMerged):
             await self._deliver_merge(event, audiences)
             return
+        if isinstance(event, MessageStatusChanged):
+            # The status is the event's own: nothing to read.
+            for audience in list(audiences.values()):
+                if audience.field_name == MESSAGE_STATUS_CHANGED and audience.thread_filter in (
+                    None,
+                    event.thread_id,
+                ):
+                    await self._send(audience, event, None)
+            return
         is_message = isinstance(event, MessageStored)
         readers = [
             a
@@ -639,7 +655,7 @@ class FanOutHub:
         merged-away thread goes on with the survivor's messages."""
         for audience in audiences.values():
             if (
-                audience.field_name == NEW_MESSAGE
+                audience.field_name in (NEW_MESSAGE, MESSAGE_STATUS_CHANGED)
                 and audience.thread_filter == merge.from_thread_id
             ):
                 audience.thread_filter = merge.into_thread_id
@@ -715,7 +731,7 @@ class FanOutHub:
 
     async def _render(self, audience: Audience, root: Any, thread: Any) -> str:
         """The `payload` of a next message for `root`, executed once for the audience."""
-        from gql.subscriptions import ThreadMergedEvent, UnreadCountEvent
+        from gql.subscriptions import MessageStatusEvent, ThreadMergedEvent, UnreadCountEvent
         from gql.types import MessageType
 
         context = audience.context
@@ -727,6 +743,8 @@ class FanOutHub:
             value = MessageType.from_domain(root)
         elif audience.field_name == THREAD_MERGED:
             value = ThreadMergedEvent.from_domain(root)
+        elif audience.field_name == MESSAGE_STATUS_CHANGED:
+            value = MessageStatusEvent.from_domain(root)
         else:
             value = UnreadCountEvent.from_counts(root)
         try:
@@ -835,6 +853,7 @@ _WIRE_KINDS: dict[type, str] = {
     MessageStored: "message",
     ThreadRead: "read",
     ThreadMerged: "merged",
+    MessageStatusChanged: "status",
 }
 
 
@@ -859,6 +878,8 @@ def _from_wire(instance_id: str, text: str) -> tuple[InboxEvent, float | None] |
             return ThreadRead(**body), committed_at
         if kind == "merged":
             return ThreadMerged(**body), committed_at
+        if kind == "status":
+            return MessageStatusChanged(**body), committed_at
     except (ValueError, TypeError, KeyError, AttributeError):
         pass
     log.warning("[WA-LIVE] ignored an unreadable pub/sub message")

@@ -4,9 +4,10 @@ from typing import Annotated
 
 import strawberry
 from strawberry import UNSET
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from domain import access, channels, leads, models, thread_changes
+from domain import access, channels, leads, models, sending, thread_changes
 from domain.messages import IncomingMessage, ingest_message
 from domain.read_state import mark_thread_read
 from gql.arguments import given, parse_optional_row_id, parse_row_id
@@ -15,11 +16,34 @@ from gql.types import (
     IngestMessageInput,
     IngestMessageResult,
     MarkReadResult,
+    MessageSource,
     MessageType,
     ThreadStatus,
     ThreadType,
     WhatsAppChannelType,
 )
+
+
+async def _send(
+    context: Context,
+    thread_id: int,
+    content: sending.TextToSend | sending.TemplateToSend,
+    source: models.Source,
+) -> MessageType:
+    await context.reads.close()
+    outcome = await sending.send(
+        context.sessions,
+        context.business_id,
+        thread_id,
+        content,
+        source=source,
+        deadline=context.sending.deadline,
+    )
+    context.publish(outcome.event)
+    context.sending.wake_sender()
+    context.forget_loaded()
+    context.loaders.thread.prime(outcome.thread.id, outcome.thread)
+    return MessageType.from_domain(outcome.message)
 
 
 @strawberry.type
@@ -67,6 +91,75 @@ class Mutation:
             thread=ThreadType.from_domain(outcome.thread),
             duplicate=outcome.duplicate,
         )
+
+    @strawberry.mutation(
+        description=(
+            "Send a text to the thread's customer through WhatsApp. The message is stored "
+            "PENDING and returned at once; the server's sender posts it to the Cloud API and "
+            "its status moves to SENT (or FAILED, with deliveryError) as messageStatusChanged "
+            "reports. Refused unstored outside the customer service window "
+            "(OUTSIDE_SERVICE_WINDOW, extensions.serviceWindowExpiresAt) and without a channel "
+            "token (CHANNEL_NOT_CONFIGURED)."
+        )
+    )
+    async def send_message(
+        self,
+        info: Info[Context, None],
+        thread_id: strawberry.ID,
+        body: str,
+        reply_to: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(
+                description="A message of this thread to quote (it needs a providerMessageId)."
+            ),
+        ] = UNSET,
+        source: Annotated[
+            MessageSource | None,
+            strawberry.argument(
+                description="HUMAN (the default, and the only one for agents); service tokens "
+                "may send as BOT or AUTOMATION."
+            ),
+        ] = UNSET,
+    ) -> MessageType:
+        context = info.context
+        sender = given(source)
+        as_source = sender.to_domain() if sender is not None else models.Source.HUMAN
+        access.require_may_send(context.role, as_source)
+        target = parse_row_id(thread_id, "threadId")
+        quoted = parse_optional_row_id(reply_to, "replyTo")
+        text = sending.TextToSend(sending.check_text(body), quoted)
+        return await _send(context, target, text, as_source)
+
+    @strawberry.mutation(
+        description=(
+            "Send an approved template to the thread's customer (allowed outside the customer "
+            "service window). Stored PENDING and returned at once, as sendMessage."
+        )
+    )
+    async def send_template(
+        self,
+        info: Info[Context, None],
+        thread_id: strawberry.ID,
+        name: str,
+        language: Annotated[
+            str, strawberry.argument(description="The template's language code, e.g. en_US.")
+        ],
+        components: Annotated[
+            JSON | None,
+            strawberry.argument(
+                description="The Cloud API's template components (header, body and button "
+                "parameters), as its documentation gives them."
+            ),
+        ] = UNSET,
+        source: MessageSource | None = UNSET,
+    ) -> MessageType:
+        context = info.context
+        sender = given(source)
+        as_source = sender.to_domain() if sender is not None else models.Source.HUMAN
+        access.require_may_send(context.role, as_source)
+        target = parse_row_id(thread_id, "threadId")
+        template = sending.check_template(name, language, given(components))
+        return await _send(context, target, template, as_source)
 
     @strawberry.mutation(
         description=(

@@ -4,7 +4,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import phonenumbers
 
@@ -68,6 +68,16 @@ class Settings:
     # Where the workers' prometheus_client metrics meet (multiprocess mode); with WORKERS > 1
     # and none given, `serve` makes a temporary one.
     prometheus_multiproc_dir: Path | None = None
+    # Sending (gql/sender.py, issue 16): where the Cloud API is (a test points it at a fake),
+    # how often and how long a message is tried, how long one request may take.
+    whatsapp_api_base_url: str = "https://graph.facebook.com"
+    whatsapp_api_version: str = "v23.0"
+    send_max_attempts: int = 5
+    send_deadline_s: int = 600
+    send_request_timeout_s: int = 20
+    send_lease_s: int = 60
+    send_poll_interval_ms: int = 1000
+    send_retry_base_ms: int = 1000
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -129,6 +139,7 @@ class Settings:
             prometheus_multiproc_dir=Path(env["PROMETHEUS_MULTIPROC_DIR"])
             if env.get("PROMETHEUS_MULTIPROC_DIR")
             else None,
+            **_sending(env, defaults),
         )
 
     @property
@@ -154,6 +165,45 @@ def _channel_secret_keys(raw: str) -> tuple[str, ...]:
                 "base64); make one with `python -m gql channel-key`"
             )
     return keys
+
+
+def _sending(env: Mapping[str, str], defaults: Settings) -> dict[str, Any]:
+    base_url = (env.get("WHATSAPP_API_BASE_URL") or defaults.whatsapp_api_base_url).rstrip("/")
+    if not base_url.startswith(("https://", "http://")) or base_url.count("/") != 2:
+        raise SettingsError(
+            f"WHATSAPP_API_BASE_URL={base_url!r} is an origin such as https://graph.facebook.com"
+        )
+    version = env.get("WHATSAPP_API_VERSION") or defaults.whatsapp_api_version
+    if not (version.startswith("v") and version[1:].replace(".", "", 1).isdigit()):
+        raise SettingsError(f"WHATSAPP_API_VERSION={version!r} is a Graph API version like v23.0")
+    timeout = _integer(
+        env, "SEND_REQUEST_TIMEOUT_SECONDS", defaults.send_request_timeout_s, low=1, high=300
+    )
+    lease = _integer(env, "SEND_LEASE_SECONDS", max(defaults.send_lease_s, timeout * 2), low=2)
+    if lease <= timeout:
+        raise SettingsError(
+            f"SEND_LEASE_SECONDS={lease} must exceed SEND_REQUEST_TIMEOUT_SECONDS={timeout}: a "
+            "lease that ends while its request still waits lets the message be failed as "
+            "abandoned"
+        )
+    return {
+        "whatsapp_api_base_url": base_url,
+        "whatsapp_api_version": version,
+        "send_max_attempts": _integer(
+            env, "SEND_MAX_ATTEMPTS", defaults.send_max_attempts, low=1, high=50
+        ),
+        "send_deadline_s": _integer(
+            env, "SEND_DEADLINE_SECONDS", defaults.send_deadline_s, low=1, high=7 * 86_400
+        ),
+        "send_request_timeout_s": timeout,
+        "send_lease_s": lease,
+        "send_poll_interval_ms": _integer(
+            env, "SEND_POLL_INTERVAL_MS", defaults.send_poll_interval_ms, low=10, high=60_000
+        ),
+        "send_retry_base_ms": _integer(
+            env, "SEND_RETRY_BASE_MS", defaults.send_retry_base_ms, low=1, high=600_000
+        ),
+    }
 
 
 def _auth_secret(raw: str | None) -> str | None:

@@ -12,10 +12,10 @@ import strawberry
 from graphql import GraphQLError
 from strawberry import UNSET
 
-from gql.types import MessageType
+from gql.types import DeliveryError, MessageStatus, MessageType
 
 if TYPE_CHECKING:
-    from domain.events import ThreadMerged
+    from domain.events import MessageStatusChanged, ThreadMerged
     from gql.fanout import UnreadCounts
 
 
@@ -48,6 +48,27 @@ class ThreadMergedEvent:
         return cls(
             from_thread_id=strawberry.ID(str(merge.from_thread_id)),
             into_thread_id=strawberry.ID(str(merge.into_thread_id)),
+        )
+
+
+@strawberry.type(name="MessageStatusEvent")
+class MessageStatusEvent:
+    message_id: strawberry.ID
+    thread_id: strawberry.ID
+    status: MessageStatus
+    delivery_error: DeliveryError | None = strawberry.field(
+        description="Why the message FAILED (null otherwise)."
+    )
+
+    @classmethod
+    def from_domain(cls, change: "MessageStatusChanged") -> "MessageStatusEvent":
+        return cls(
+            message_id=strawberry.ID(str(change.message_id)),
+            thread_id=strawberry.ID(str(change.thread_id)),
+            status=MessageStatus[change.status.upper()],
+            delivery_error=DeliveryError.of(
+                change.error_code, change.error_title, change.error_outcome_unknown
+            ),
         )
 
 
@@ -85,5 +106,18 @@ class Subscription:
         )
     )
     async def thread_merged(self) -> AsyncGenerator[ThreadMergedEvent, None]:
+        raise _served_by_the_hub()
+        yield  # pragma: no cover - makes this an async generator
+
+    @strawberry.subscription(
+        description=(
+            "Delivery ticks of the business's outbound messages, or of one thread's (threadId): "
+            "each status change once, after it is committed (SENT when WhatsApp took a sent "
+            "message, then DELIVERED, READ, PLAYED as its webhooks arrive, or FAILED)."
+        )
+    )
+    async def message_status_changed(
+        self, thread_id: strawberry.ID | None = UNSET
+    ) -> AsyncGenerator[MessageStatusEvent, None]:
         raise _served_by_the_hub()
         yield  # pragma: no cover - makes this an async generator

@@ -144,8 +144,9 @@ class MessageType:
     )
     provider_payload: JSON | None = strawberry.field(
         description=(
-            "The message exactly as WhatsApp delivered it (webhook messages only). Null for "
-            "DELETED messages: it holds their text."
+            "The message exactly as WhatsApp delivered it (webhook messages), or the template "
+            "sendTemplate sent ({type, template}). Null for DELETED messages: it holds their "
+            "text."
         )
     )
     delivery_error: "DeliveryError | None" = strawberry.field(
@@ -210,9 +211,9 @@ class MessageType:
             type=message.message_type,
             media_id=message.media_id,
             provider_payload=None if deleted else message.provider_payload,
-            delivery_error=DeliveryError(code=message.error_code, title=message.error_title)
-            if message.error_code is not None or message.error_title is not None
-            else None,
+            delivery_error=DeliveryError.of(
+                message.error_code, message.error_title, message.error_outcome_unknown
+            ),
             reply_to_provider_id=message.reply_to_provider_id,
             forwarded=message.forwarded,
             referral=AdReferral.from_payload(message.referral),
@@ -224,8 +225,26 @@ class MessageType:
 
 @strawberry.type(name="DeliveryError")
 class DeliveryError:
-    code: int | None = strawberry.field(description="WhatsApp's error code, e.g. 131047.")
+    code: int | None = strawberry.field(
+        description="WhatsApp's error code, e.g. 131047; null for a failure of our own."
+    )
     title: str | None
+    outcome_unknown: bool = strawberry.field(
+        default=False,
+        description=(
+            "WhatsApp's answer to the send was lost (the connection ended after the request "
+            "went out): the message may have reached the customer. It is not sent again by "
+            "itself; check the chat before sending it again."
+        ),
+    )
+
+    @classmethod
+    def of(
+        cls, code: int | None, title: str | None, outcome_unknown: bool
+    ) -> "DeliveryError | None":
+        if code is None and title is None and not outcome_unknown:
+            return None
+        return cls(code=code, title=title, outcome_unknown=outcome_unknown)
 
 
 @strawberry.type(name="MessageEdge")

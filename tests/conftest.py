@@ -106,6 +106,9 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
+UNREACHABLE_CLOUD_API = "http://127.0.0.1:9"
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return Settings(
@@ -115,6 +118,9 @@ def settings(database_url: str) -> Settings:
         whatsapp_app_secret=WHATSAPP_APP_SECRET,
         whatsapp_verify_token=WHATSAPP_VERIFY_TOKEN,
         channel_secret_keys=(CHANNEL_SECRET_KEY,),
+        # Nothing a test queues may reach Meta: a port nothing listens on, unless a test
+        # points the sender at its fake Cloud API (tests/fake_cloud_api.py).
+        whatsapp_api_base_url=UNREACHABLE_CLOUD_API,
     )
 
 

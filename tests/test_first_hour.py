@@ -285,5 +285,5 @@ def test_the_serving_code_imports_only_what_the_run_install_brings() -> None:
             missing[module] = sorted(owners)
     assert missing == {}, f"imported by the server, installed only by the dev extras: {missing}"
     # The check has teeth: the test suite's own tools are not in the serving install.
-    assert "httpx" not in serving
+    assert "pytest" not in serving
     assert "hypothesis" not in serving

@@ -42,9 +42,17 @@ type Query {
   thread(id: ID, phone: String, leadId: ID): Thread
   message(id: ID!): Message
   unreadCount: Int! }
+scalar JSON
+type DeliveryError { code: Int  title: String  outcomeUnknown: Boolean! }
+type MessageStatusEvent { messageId: ID!  threadId: ID!  status: MessageStatus!
+  deliveryError: DeliveryError }
 type Mutation {
   ingestMessage(input: IngestMessageInput!): IngestMessageResult!
-  markRead(threadId: ID, phone: String): MarkReadResult! }
+  markRead(threadId: ID, phone: String): MarkReadResult!
+  sendMessage(threadId: ID!, body: String!, replyTo: ID, source: MessageSource): Message!
+  sendTemplate(threadId: ID!, name: String!, language: String!, components: JSON,
+    source: MessageSource): Message! }
+type Subscription { messageStatusChanged(threadId: ID): MessageStatusEvent! }
 """
 
 

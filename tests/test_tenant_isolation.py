@@ -91,10 +91,19 @@ TENANT_TABLES = (
     "whatsapp_business_unread",
     "whatsapp_thread_merge",
     "whatsapp_pending_revision",
+    "whatsapp_outbox",
 )
 APP_ROLE = "wa_inbox_app"
 
 # --- two businesses --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The seeded reply's first attempt finds no Cloud API (tests/conftest.py); the next is
+    minutes away, so its outbox row stays for the walks below."""
+    return dataclasses.replace(settings, send_retry_base_ms=600_000)
+
 
 MARKER = "SECRET-B1"  # in every text business 1 stores, so a leak of any of them is found
 B1_NUMBER = SAMPLE_PHONE_NUMBER_ID
@@ -115,6 +124,7 @@ B1_FIRST_IDS = {
     "whatsapp_message": 7_200_000_001,
     "whatsapp_channel": 7_300_000_001,
     "whatsapp_webhook_rejection": 7_400_000_001,
+    "whatsapp_outbox": 7_500_000_001,
 }
 LATER_FIRST_ID = 1_000
 
@@ -143,6 +153,20 @@ async def seed_business_one(client: GraphQLClient, http: httpx.AsyncClient) -> N
     await connect_channel(client, B1_NUMBER, B1_DISPLAY_NUMBER)
     await ingest(
         client, phone=B1_PHONE, body=f"{MARKER}-inbound", providerMessageId=f"wamid.{MARKER}-IN"
+    )
+    # A reply waiting in the outbox (the module's settings keep it there).
+    await client.execute(
+        "mutation($number: String!) { rotateWhatsAppToken(phoneNumberId: $number, "
+        'accessToken: "EAAG-SECRET-B1-TOKEN") { id } }',
+        {"number": B1_NUMBER},
+    )
+    phone_thread = await client.execute(
+        "query($phone: String!) { thread(phone: $phone) { id } }", {"phone": B1_PHONE}
+    )
+    await client.execute(
+        "mutation($thread: ID!, $body: String!) { sendMessage(threadId: $thread, body: $body) "
+        "{ id } }",
+        {"thread": phone_thread["thread"]["id"], "body": f"{MARKER}-reply"},
     )
     await ingest(
         client,
@@ -276,6 +300,7 @@ ROLE_OF_ARGUMENT = {
     "phone": "phone",
     "phoneNumberId": "phone_number_id",
     "providerMessageId": "provider_message_id",
+    "replyTo": "message_id",
 }
 # An argument called `id` names a row of the type the field returns.
 ROLE_OF_ID_RETURNING = {
@@ -305,6 +330,10 @@ NEUTRAL_ARGUMENTS: dict[str, Any] = {
     "sentAt": None,
     "historical": None,
     "body": "probe from business 2",
+    "source": None,
+    "name": "probe_template",
+    "language": "en",
+    "components": None,
 }
 # Arguments of nested fields (the selection), e.g. `messages(first: 5)`.
 NESTED_ARGUMENTS: dict[str, Any] = {"first": 5, "after": None, "last": None, "before": None}
@@ -763,7 +792,8 @@ async def until_members(app: Starlette, members: int) -> None:
 async def touch_every_thread(
     client: GraphQLClient, http: httpx.AsyncClient, rows: TenantRows
 ) -> None:
-    """New inbound messages in each of business 1's threads, a merge, then each marked read."""
+    """New inbound messages in each of business 1's threads, a merge, a delivery tick, then
+    each thread marked read."""
     for row in rows["whatsapp_conversation"]:
         extra = {"leadId": row["lead_id"]} if row["lead_id"] else {}
         await ingest(client, phone=row["phone_e164"], body=f"{MARKER}-live", **extra)
@@ -772,7 +802,22 @@ async def touch_every_thread(
     await ingest(client, phone=B1_LIVE_LEAD_PHONE, leadId=B1_LIVE_LEAD, body=f"{MARKER}-live-lead")
     await ingest(client, phone=B1_LIVE_MERGED_PHONE, leadId=B1_LIVE_LEAD, body=f"{MARKER}-live")
     live = text_message(f"wamid.{MARKER}-LIVE", sender=B1_WEBHOOK_SENDER, body=f"{MARKER}-hook")
-    hook = delivery(messages=[live], phone_number_id=B1_NUMBER)
+    # A delivery tick (messageStatusChanged) in every thread: a reply, then its status.
+    ticks = []
+    for row in rows["whatsapp_conversation"]:
+        tick_id = f"wamid.{MARKER}-TICK-{row['id']}"
+        extra = {"leadId": row["lead_id"]} if row["lead_id"] else {}
+        await ingest(
+            client,
+            phone=row["phone_e164"],
+            direction="OUTBOUND",
+            source="HUMAN",
+            body=f"{MARKER}-reply",
+            providerMessageId=tick_id,
+            **extra,
+        )
+        ticks.append(status(tick_id, "delivered"))
+    hook = delivery(messages=[live], statuses=ticks, phone_number_id=B1_NUMBER)
     assert (await post_delivery(http, hook)).status_code == 200
     for row in rows["whatsapp_conversation"]:
         await client.execute(
@@ -821,6 +866,16 @@ async def test_business_two_subscribed_with_business_one_values_receives_nothing
         await ingest(second, phone=B2_PHONE, body="business two again")
         await ingest(second, phone=B2_LEAD_PHONE, leadId="b2-lead", body="business two's lead")
         await ingest(second, phone=B2_PHONE, leadId="b2-lead", body="business two, one customer")
+        await ingest(
+            second,
+            phone=B2_PHONE,
+            direction="OUTBOUND",
+            source="HUMAN",
+            body="business two's reply",
+            providerMessageId="wamid.b2-reply",
+        )
+        tick = delivery(statuses=[status("wamid.b2-reply", "read")], phone_number_id=B2_NUMBER)
+        assert (await post_delivery(http, tick)).status_code == 200
         unfiltered = {f"theirs-{i}" for i, v in enumerate(walk) if not v.slots}
         own = await frames_by_operation(intruder, wait_s=5, until=unfiltered)
         assert own.keys() == unfiltered, own
@@ -874,6 +929,13 @@ def tenant_row_inserts(business_id: int, conversation_id: int, tag: str) -> dict
             "INSERT INTO whatsapp_pending_revision (business_id, original_provider_message_id, "
             f"kind, revision_provider_message_id, revised_at) VALUES ({b}, 'wamid.rls-{tag}', "
             f"'revoke', 'wamid.rls-revoke-{tag}', now())"
+        ),
+        # A reply waiting to be sent: the latest message the writer can see (the one just
+        # inserted above).
+        "whatsapp_outbox": (
+            "INSERT INTO whatsapp_outbox (business_id, message_id, phone_number_id, request, "
+            f"deadline_at) VALUES ({b}, (SELECT max(id) FROM whatsapp_message), 'rls-{b}-{tag}', "
+            "'{}'::jsonb, now())"
         ),
     }
 

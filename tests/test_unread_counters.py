@@ -80,7 +80,7 @@ SELECT shard, unread FROM whatsapp_business_unread WHERE business_id = $1
 STORED_HISTORY_TABLES = (
     "whatsapp_message, whatsapp_conversation_alias, whatsapp_conversation, "
     "whatsapp_business_unread, whatsapp_pending_status, whatsapp_webhook_rejection, "
-    "whatsapp_thread_merge, whatsapp_pending_revision"
+    "whatsapp_thread_merge, whatsapp_pending_revision, whatsapp_outbox"
 )
 
 OUTBOUND_SOURCES = ["BOT", "AUTOMATION", "HUMAN"]
