@@ -28,6 +28,7 @@ from gql.app import create_app
 from gql.live_protocol import LeanWebSocketsProtocol
 from gql.settings import Settings
 from tests.conftest import PROJECT_ROOT, GraphQLClient, ingest, token_for
+from tests.fake_cloud_api import FakeCloudApi
 from tests.webhooks import (
     SECOND_PHONE_NUMBER_ID,
     connect_channel,
@@ -49,16 +50,6 @@ CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 TOKEN_KEY = "wa-inbox.token"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 SCREENSHOT = PROJECT_ROOT / "docs" / "inbox.png"
-# The send path (issue 16) lands separately: its tests run once the schema has sendMessage.
-SEND_PATH = "sendMessage(" in (PROJECT_ROOT / "schema.graphql").read_text()
-# xfail(run=False), not skip: on CI a skip fails (tests/conftest.py), and these are expected
-# not to run until the send path is merged.
-needs_send_path = pytest.mark.xfail(
-    not SEND_PATH,
-    run=False,
-    reason="needs sendMessage and messageStatusChanged (issue 16): runs once schema.graphql "
-    "has them",
-)
 
 ANA = "16505551234"
 BRUNO = "16505550000"
@@ -590,17 +581,12 @@ async def test_the_readme_screenshot_of_the_inbox(
     assert SCREENSHOT.stat().st_size > 10_000
 
 
-# --- Sending (issue 16): gated until sendMessage and messageStatusChanged are in the schema ---
+# --- Sending (issue 16) -------------------------------------------------------------------
 
 
-@needs_send_path
 async def test_a_reply_typed_in_the_page_reaches_the_cloud_api_once_and_its_ticks_follow(
     browser: Browser, request: pytest.FixtureRequest, settings: Settings, client: GraphQLClient
 ) -> None:
-    # tests/fake_cloud_api.py comes with the send path (issue 16, main); this test runs once
-    # both are merged. TODO(issue 16): drop the gate when they are.
-    from tests.fake_cloud_api import FakeCloudApi
-
     with FakeCloudApi() as cloud_api:
         sending = dataclasses.replace(
             settings,
@@ -655,7 +641,6 @@ async def test_a_reply_typed_in_the_page_reaches_the_cloud_api_once_and_its_tick
                     await served.stop()
 
 
-@needs_send_path
 async def test_a_reply_the_server_refuses_is_shown_inline(
     tabs: Tabs, client: GraphQLClient, http: httpx.AsyncClient
 ) -> None:
