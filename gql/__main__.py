@@ -61,10 +61,12 @@ def serve(settings: Settings) -> None:
     upgrade_to_head(url)
     if settings.auth_secret is None:
         secret = load_or_create_development_secret(settings.data_dir)
-        settings = dataclasses.replace(settings, auth_secret=secret)
+        settings = dataclasses.replace(settings, auth_secret=secret, development_secret=True)
         _show_development_token(settings, secret)
     log.info(
-        "migrations applied; serving GraphQL at http://%s:%s/graphql", settings.host, settings.port
+        "migrations applied; serving the inbox at http://%s:%s/ and GraphQL at /graphql",
+        settings.host,
+        settings.port,
     )
     settings = serving_settings(settings, url)
     if settings.workers > 1:
@@ -103,6 +105,8 @@ def _show_development_token(settings: Settings, secret: str) -> None:
         "Development admin token for business_id=1:\n\n"
         f"    Bearer {token}\n\n"
         f"GraphiQL with it in its headers:\n\n    {link}\n\n"
+        "The inbox, its sign-in form pre-filled with an agent token:\n\n"
+        f"    http://{settings.host}:{settings.port}/\n\n"
         "More tokens: make token ROLE=agent BUSINESS_ID=1\n"
     )
     if not write_to_terminal(banner):

@@ -11,9 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from db import statements
@@ -24,6 +22,7 @@ from domain.events import InboxEvent
 from domain.group_commit import GroupCommit
 from domain.metrics import InboxMetrics
 from domain.send_attempts import SendPolicy
+from gql.browser import DevelopmentToken, StaticFilesWithCaching, inbox_page
 from gql.cloud_api import CloudApi
 from gql.context import Sending
 from gql.fanout import FanOutHub
@@ -92,10 +91,6 @@ async def _require_key_for_stored_tokens(sessions: Sessions) -> None:
         raise ChannelSecretKeyMissing(f"{stored} channel tokens need CHANNEL_SECRET_KEY")
 
 
-async def _to_graphiql(request: Request) -> Response:
-    return RedirectResponse("/graphql", status_code=307)
-
-
 def _sender(
     settings: Settings,
     sessions: Sessions,
@@ -138,8 +133,10 @@ def create_app(settings: Settings) -> Starlette:
         )
     install_log_redaction()
     auth_secret = settings.auth_secret
+    signs_for_development = settings.development_secret
     if auth_secret is None:
         auth_secret = development_secret()
+        signs_for_development = True
         log.warning(
             "AUTH_SECRET is not set: using a generated development secret (tokens stop working "
             "at restart)"
@@ -293,9 +290,14 @@ def create_app(settings: Settings) -> Starlette:
             Route("/api/whatsapp/conversations//mark_read", AnyMethod(legacy.mark_read)),
             Route("/api/openapi.json", AnyMethod(legacy.openapi)),
             Route("/api/{path:path}", AnyMethod(legacy.unknown_route)),
-            # Until the browser inbox is served here, a person opening the server's address
-            # lands in GraphiQL.
-            Route("/", _to_graphiql, methods=["GET", "HEAD"]),
+            # The reference inbox page (issue 17) and the files it and GraphiQL load.
+            Route("/", inbox_page, methods=["GET", "HEAD"]),
+            Route(
+                "/inbox/development-token",
+                DevelopmentToken(auth_secret if signs_for_development else None).answer,
+                methods=["GET"],
+            ),
+            Mount("/static", StaticFilesWithCaching()),
         ],
         lifespan=lifespan,
         middleware=[

@@ -33,12 +33,12 @@ from graphql.execution.values import get_variable_values
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
-from strawberry.http.ides import get_graphql_ide_html
 
 from domain.errors import Unauthenticated
 from gql.auth import Principal, authenticate, refused_request_challenge
 from gql.context import ContextFactory
 from gql.errors import request_error_code
+from gql.graphiql import offline_graphiql_html
 from gql.limits import QUERY_TOO_COMPLEX, QueryLimits
 from gql.metrics import note_operation
 from gql.operations import Operations
@@ -185,7 +185,7 @@ class GraphQLEndpoint:
         self.auth_secret = auth_secret
         self.max_body_bytes = max_body_bytes
         self.max_batch_operations = max_batch_operations
-        self.ide_html = get_graphql_ide_html(graphql_ide="graphiql")
+        self.ide_html = offline_graphiql_html()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = await self.handle(Request(scope, receive))

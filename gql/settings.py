@@ -29,6 +29,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     auth_secret: str | None = None
+    # auth_secret is the generated development secret (`make run` without AUTH_SECRET): the
+    # inbox page may then pre-fill a development token (gql/browser.py). Never read from the
+    # environment.
+    development_secret: bool = False
     broadcast_url: str = "memory://"
     default_region: str = "US"
     data_dir: Path = field(default_factory=lambda: PROJECT_ROOT / ".pgdata")

@@ -56,7 +56,7 @@ def worker_app() -> Starlette:
     assert database_url is not None, "the parent process sets DATABASE_URL"
     if settings.auth_secret is None:
         secret = load_or_create_development_secret(settings.data_dir)
-        settings = dataclasses.replace(settings, auth_secret=secret)
+        settings = dataclasses.replace(settings, auth_secret=secret, development_secret=True)
     app = create_app(serving_settings(settings, database_url))
     # As in a single process (gql/__main__.py): what the app holds lives as long as the worker.
     gc.freeze()

@@ -2,8 +2,8 @@
 
 A refused token says why (expired, wrong signature, not a JWT, a missing claim) over HTTP and in
 the websocket close reason, and the server logs the reason, never the token. A weak AUTH_SECRET
-is refused at start-up. An id out of range says so. `/` leads to GraphiQL. The serving code
-imports nothing that only the development extras install.
+is refused at start-up. An id out of range says so. `/` is the inbox page, `/graphql` GraphiQL.
+The serving code imports nothing that only the development extras install.
 """
 
 import ast
@@ -149,11 +149,13 @@ async def test_an_id_that_is_not_a_number_still_says_so(client: GraphQLClient) -
     assert "must be a numeric id" in errors[0]["message"]
 
 
-async def test_the_servers_address_leads_to_graphiql(http: httpx.AsyncClient) -> None:
-    response = await http.get("/", follow_redirects=False)
-    assert response.status_code == 307
-    assert response.headers["location"] == "/graphql"
-    ide = await http.get("/", headers={"Accept": "text/html"}, follow_redirects=True)
+async def test_the_servers_address_serves_the_inbox_and_graphql_serves_graphiql(
+    http: httpx.AsyncClient,
+) -> None:
+    inbox = await http.get("/", follow_redirects=False)
+    assert inbox.status_code == 200
+    assert "<title>Inbox</title>" in inbox.text
+    ide = await http.get("/graphql", headers={"Accept": "text/html"})
     assert "graphiql" in ide.text.lower()
 
 

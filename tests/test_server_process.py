@@ -250,7 +250,16 @@ def test_on_a_terminal_the_token_and_a_graphiql_link_go_to_the_terminal_only(
         base_url = f"http://127.0.0.1:{port}"
         wait_until_healthy(base_url, lambda: os.waitpid(child, os.WNOHANG) == (0, 0), log_path)
         ingest_read_and_mark(base_url, token.group(1))
+        # The inbox page's sign-in form is offered an agent token signed alike (gql/browser.py).
+        offered = httpx.get(f"{base_url}/inbox/development-token").json()["token"]
+        counted = httpx.get(
+            f"{base_url}/graphql",
+            headers={"Authorization": f"Bearer {offered}"},
+            params={"query": "{ unreadCount }"},
+        )
+        assert counted.json() == {"data": {"unreadCount": 0}}
         assert "Bearer" not in log_path.read_text()
+        assert offered not in log_path.read_text()
         # Shown once, by the process that was started, not again by each worker.
         shown += read_until(terminal, r"(?!)", timeout_s=1, expect=False)
         assert shown.count("Bearer ") == 1, shown
