@@ -24,6 +24,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from domain.access import Role
+from domain.events import MessageStatusChanged
 from gql.app import create_app
 from gql.live_protocol import LeanWebSocketsProtocol
 from gql.settings import Settings
@@ -377,6 +378,51 @@ async def test_a_restarted_server_is_reconnected_to_and_what_arrived_meanwhile_i
     await expect(page.locator(".message", has_text="Thanks!")).to_be_visible()
 
 
+async def test_a_page_told_it_fell_behind_refetches_what_it_missed_and_stays_live(
+    tabs: Tabs, app: Starlette, client: GraphQLClient, http: httpx.AsyncClient
+) -> None:
+    """RESYNC_REQUIRED: the hub dropped this page's subscriptions (gql/fanout.py, a subscriber
+    too far behind). Events it never received are refetched, and it subscribes again."""
+    await connect_channel(client)
+    await deliver_text(http, "wamid.before-lag", body="First question")
+    page = await tabs.open()
+    await thread_row(page, "Ana Souza").click()
+    await expect(page.locator(".message", has_text="First question")).to_be_visible()
+    hub = app.state.hub
+    members = [
+        member
+        for audiences in hub._audiences.values()
+        for audience in audiences.values()
+        for member in list(audience.members.values())
+    ]
+    assert len(members) == 4, hub.registered()
+
+    async def deliver_nothing(event: Any) -> None:
+        return None
+
+    # Stored while the hub delivers nothing: the page is never told of these.
+    hub._deliver = deliver_nothing
+    await deliver_text(http, "wamid.missed", body="Did you see this?", timestamp=1_764_000_060)
+    await deliver_text(
+        http, "wamid.missed-other", sender=BRUNO, name="Bruno", body="Hi", timestamp=1_764_000_070
+    )
+    await asyncio.sleep(0.3)
+    await expect(page.locator(".message", has_text="Did you see this?")).to_have_count(0)
+    del hub._deliver
+    for member in members:
+        hub._lagged(member)
+
+    await expect(page.locator(".message", has_text="Did you see this?")).to_be_visible()
+    await expect(thread_row(page, "Bruno").locator(".badge")).to_have_text("1")
+    for _ in range(200):
+        if hub.registered()[1] == 4:
+            break
+        await asyncio.sleep(0.025)
+    assert hub.registered()[1] == 4, hub.registered()
+    await deliver_text(http, "wamid.after-lag", body="Still there?", timestamp=1_764_000_090)
+    await expect(page.locator(".message", has_text="Still there?")).to_be_visible()
+
+
 async def test_a_thread_shows_each_message_by_source_and_kind_and_the_reply_box_says_why_it_is_off(
     tabs: Tabs, client: GraphQLClient, http: httpx.AsyncClient
 ) -> None:
@@ -631,6 +677,17 @@ async def test_a_reply_typed_in_the_page_reaches_the_cloud_api_once_and_its_tick
                     for name, expected in [("delivered", "DELIVERED"), ("read", "READ")]:
                         await post_delivery(http, delivery(statuses=[status(sent.wamid, name)]))
                         await expect(ticks).to_have_attribute("data-status", expected)
+                    # Another instance's SENT, published late: the page keeps the furthest.
+                    message_id = sent.json["biz_opaque_callback_data"].split(":")[1]
+                    found = await admin.execute(
+                        "query($id: ID!) { message(id: $id) { threadId } }", {"id": message_id}
+                    )
+                    thread_id = int(found["message"]["threadId"])
+                    app.state.hub.publish(
+                        MessageStatusChanged(1, thread_id, int(message_id), "sent")
+                    )
+                    await asyncio.sleep(0.5)
+                    await expect(ticks).to_have_attribute("data-status", "READ")
                     await asyncio.sleep(0.5)
                     assert len(cloud_api.requests) == 1
                 except BaseException:

@@ -557,6 +557,9 @@ function connectLive() {
     const open = state.open?.id === event.threadId ? state.open : null;
     const message = open?.messages.get(event.messageId);
     if (message) {
+      if (!replacesStatus(message.status, event.status)) {
+        return; // an older tick that another server instance published late
+      }
       message.status = event.status;
       message.deliveryError = event.deliveryError;
       renderThread();
@@ -569,6 +572,28 @@ function connectLive() {
       thread.lastMessage = { ...thread.lastMessage, status: event.status };
     }
   });
+}
+
+// Delivery progress, as the server orders it: FAILED stands apart (see replacesStatus).
+const STATUS_PROGRESS = { PENDING: 0, SENT: 1, DELIVERED: 2, READ: 3, PLAYED: 4 };
+
+/**
+ * Whether a tick replaces the status shown. Statuses only move forward; a failure replaces
+ * anything short of PLAYED, and any tick after a failure replaces it (WhatsApp retried by
+ * itself, or it settled a send whose answer was lost). With several server instances, ticks
+ * of one message may arrive out of order: the furthest one wins, as on the server.
+ */
+function replacesStatus(current, proposed) {
+  if (proposed === "FAILED") {
+    return current !== "PLAYED";
+  }
+  if (current === "FAILED") {
+    return proposed !== "PENDING";
+  }
+  if (!(current in STATUS_PROGRESS) || !(proposed in STATUS_PROGRESS)) {
+    return true;
+  }
+  return STATUS_PROGRESS[proposed] > STATUS_PROGRESS[current];
 }
 
 function subscribeLive(query, onData) {
