@@ -78,15 +78,7 @@ async def record_status(
         # The same lock as storing an outbound message with this provider id: the message is
         # either visible here, or its writer will find the pending status.
         await statements.lock_provider_id(session, business_id, update.provider_message_id)
-        advanced = await statements.advance_message_status(
-            session,
-            business_id,
-            update.provider_message_id,
-            status=update.status.value,
-            status_at=update.status_at,
-            error_code=update.error_code,
-            error_title=update.error_title,
-        )
+        advanced = await _advance(session, business_id, update)
         if advanced is not None:
             return StatusRecorded(StatusOutcome.APPLIED, status_changed(advanced))
         stored = await statements.find_message_by_provider_id(
@@ -101,15 +93,7 @@ async def record_status(
             if adopted is not None:
                 # A message whose send answer was lost (or is still on its way): WhatsApp's
                 # status names it, so it did go out. It took the id; now the status.
-                advanced = await statements.advance_message_status(
-                    session,
-                    business_id,
-                    update.provider_message_id,
-                    status=update.status.value,
-                    status_at=update.status_at,
-                    error_code=update.error_code,
-                    error_title=update.error_title,
-                )
+                advanced = await _advance(session, business_id, update)
                 settled = advanced if advanced is not None else adopted
                 return StatusRecorded(StatusOutcome.APPLIED, status_changed(settled))
         await statements.keep_pending_status(
@@ -124,3 +108,16 @@ async def record_status(
         return StatusRecorded(StatusOutcome.KEPT_PENDING)
 
     return await run_unit_of_work(sessions, work, business_id=business_id)
+
+
+async def _advance(session: AsyncSession, business_id: int, update: StatusUpdate) -> Any:
+    """The message with `update` applied (`_replaces`), None when it is not stored or stays."""
+    return await statements.advance_message_status(
+        session,
+        business_id,
+        update.provider_message_id,
+        status=update.status.value,
+        status_at=update.status_at,
+        error_code=update.error_code,
+        error_title=update.error_title,
+    )

@@ -24,6 +24,14 @@ from gql.types import (
 )
 
 
+def _sending_source(context: Context, source: MessageSource | None) -> models.Source:
+    """Who the message is from (HUMAN unless a service token says BOT or AUTOMATION)."""
+    chosen = given(source)
+    as_source = chosen.to_domain() if chosen is not None else models.Source.HUMAN
+    access.require_may_send(context.role, as_source)
+    return as_source
+
+
 async def _send(
     context: Context,
     thread_id: int,
@@ -122,9 +130,7 @@ class Mutation:
         ] = UNSET,
     ) -> MessageType:
         context = info.context
-        sender = given(source)
-        as_source = sender.to_domain() if sender is not None else models.Source.HUMAN
-        access.require_may_send(context.role, as_source)
+        as_source = _sending_source(context, source)
         target = parse_row_id(thread_id, "threadId")
         quoted = parse_optional_row_id(reply_to, "replyTo")
         text = sending.TextToSend(sending.check_text(body), quoted)
@@ -154,9 +160,7 @@ class Mutation:
         source: MessageSource | None = UNSET,
     ) -> MessageType:
         context = info.context
-        sender = given(source)
-        as_source = sender.to_domain() if sender is not None else models.Source.HUMAN
-        access.require_may_send(context.role, as_source)
+        as_source = _sending_source(context, source)
         target = parse_row_id(thread_id, "threadId")
         template = sending.check_template(name, language, given(components))
         return await _send(context, target, template, as_source)

@@ -4,10 +4,11 @@ tests/fake_cloud_api.py) and records the answer; retries, final errors, lost ans
 service window, channels, roles, status webhooks racing the answer, and the live ticks."""
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,6 +78,19 @@ def settings(settings: Settings, cloud_api: FakeCloudApi) -> Settings:
         send_lease_s=7,
         send_poll_interval_ms=100,
     )
+
+
+@contextlib.asynccontextmanager
+async def served_with(settings: Settings) -> AsyncIterator[tuple[Starlette, GraphQLClient]]:
+    """An app of its own for settings the fixture's app does not have, and a client of it."""
+    application = create_app(settings)
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application), base_url="http://testserver"
+        ) as http,
+    ):
+        yield application, GraphQLClient(http)
 
 
 async def connect_with_token(client: GraphQLClient, token: str | None = ACCESS_TOKEN) -> None:
@@ -287,16 +301,8 @@ async def test_a_connection_that_cannot_be_opened_is_retried(
     closed = FakeCloudApi().start()
     unreachable = closed.base_url
     closed.stop()
-    application = create_app(
-        dataclasses.replace(settings, whatsapp_api_base_url=unreachable, send_max_attempts=2)
-    )
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://testserver"
-        ) as http,
-    ):
-        client = GraphQLClient(http)
+    changed = dataclasses.replace(settings, whatsapp_api_base_url=unreachable, send_max_attempts=2)
+    async with served_with(changed) as (_, client):
         thread_id = await open_thread(client)
         sent = await send(client, thread_id, "nobody home")
         failed = await message_once(client, sent["id"], "FAILED")
@@ -497,14 +503,10 @@ async def test_a_failure_webhook_stamped_just_before_our_sent_still_fails_the_me
 async def test_a_reply_no_sender_took_before_its_deadline_fails_unsent(
     settings: Settings, cloud_api: FakeCloudApi, db: asyncpg.Connection
 ) -> None:
-    application = create_app(dataclasses.replace(settings, send_deadline_s=1))
-    async with (
-        application.router.lifespan_context(application),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=application), base_url="http://testserver"
-        ) as http,
+    async with served_with(dataclasses.replace(settings, send_deadline_s=1)) as (
+        application,
+        client,
     ):
-        client = GraphQLClient(http)
         thread_id = await open_thread(client)
         sender = application.state.sender
         await sender.stop()  # every sender down
