@@ -28,6 +28,12 @@ INBOX_CSP = (
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 LOOPBACK_CLIENTS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+# The names a browser on this machine uses for it: any other Host is a page that pointed its
+# own name at 127.0.0.1 (DNS rebinding), or a proxy passing a request on.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+# What a browser says of a fetch made by a page of this origin (or typed in the address bar).
+SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
 
 
 class StaticFilesWithCaching:
@@ -58,6 +64,25 @@ async def inbox_page(request: Request) -> Response:
     )
 
 
+def _from_this_machine(request: Request) -> bool:
+    """A request of a browser on this machine, to this machine by its own name, not through a
+    proxy, not from another site's page."""
+    client = request.client.host if request.client else None
+    if client not in LOOPBACK_CLIENTS:
+        return False
+    host = request.headers.get("host", "")
+    if host.startswith("[") and "]" in host:
+        name = host[: host.index("]") + 1]  # [::1]:8000
+    else:
+        name = host.rsplit(":", 1)[0]
+    if name.lower() not in LOOPBACK_HOSTS:
+        return False
+    if any(header in request.headers for header in PROXY_HEADERS):
+        return False
+    fetched_by = request.headers.get("sec-fetch-site")
+    return fetched_by is None or fetched_by in SAME_SITE_FETCHES
+
+
 class DevelopmentToken:
     """`GET /inbox/development-token`: an agent token of business 1 for the sign-in form,
     only when the server signs with a generated development secret (`make run` without
@@ -68,8 +93,7 @@ class DevelopmentToken:
         self.development_secret = development_secret
 
     async def answer(self, request: Request) -> Response:
-        client = request.client.host if request.client else None
-        if self.development_secret is None or client not in LOOPBACK_CLIENTS:
+        if self.development_secret is None or not _from_this_machine(request):
             return JSONResponse({"error": "no development token here"}, status_code=404)
         token = issue_token(
             self.development_secret, user_id="developer", business_id=1, role=Role.AGENT

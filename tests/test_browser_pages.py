@@ -94,6 +94,10 @@ async def test_a_server_with_auth_secret_offers_no_development_token(
     assert "token" not in response.json()
 
 
+# How a browser on this machine names the server (`make run` prints this address).
+LOCAL_ORIGIN = "http://127.0.0.1:8000"
+
+
 @pytest.fixture
 async def development_app(database_url: str) -> AsyncIterator[Starlette]:
     """A server as `make run` starts it without AUTH_SECRET."""
@@ -107,7 +111,7 @@ async def test_a_development_server_offers_an_agent_token_to_this_machine_only(
     development_app: Starlette,
 ) -> None:
     local = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=development_app), base_url="http://testserver"
+        transport=httpx.ASGITransport(app=development_app), base_url=LOCAL_ORIGIN
     )
     async with local:
         response = await local.get("/inbox/development-token")
@@ -125,10 +129,47 @@ async def test_a_development_server_offers_an_agent_token_to_this_machine_only(
         assert signed_in.json() == {"data": {"unreadCount": 0}}
     remote = httpx.AsyncClient(
         transport=httpx.ASGITransport(app=development_app, client=("192.0.2.7", 51000)),
-        base_url="http://testserver",
+        base_url=LOCAL_ORIGIN,
     )
     async with remote:
         assert (await remote.get("/inbox/development-token")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # A page of another site that pointed its name at 127.0.0.1 (DNS rebinding).
+        {"Host": "evil.example:8000"},
+        {"Host": "inbox.example.com"},
+        # Passed on by a proxy on this machine.
+        {"X-Forwarded-For": "203.0.113.9"},
+        {"Forwarded": "for=203.0.113.9"},
+        {"X-Real-IP": "203.0.113.9"},
+        # Fetched by another site's page.
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ],
+)
+async def test_the_development_token_is_refused_to_what_only_looks_local(
+    development_app: Starlette, headers: dict[str, str]
+) -> None:
+    transport = httpx.ASGITransport(app=development_app)
+    async with httpx.AsyncClient(transport=transport, base_url=LOCAL_ORIGIN) as local:
+        response = await local.get("/inbox/development-token", headers=headers)
+    assert response.status_code == 404
+    assert "token" not in response.json()
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:8000", "http://[::1]:8000"])
+async def test_the_development_token_is_given_by_every_name_of_this_machine(
+    development_app: Starlette, origin: str
+) -> None:
+    transport = httpx.ASGITransport(app=development_app)
+    async with httpx.AsyncClient(transport=transport, base_url=origin) as local:
+        response = await local.get(
+            "/inbox/development-token", headers={"Sec-Fetch-Site": "same-origin"}
+        )
+    assert response.status_code == 200
 
 
 async def test_a_server_that_generated_its_secret_offers_a_token_it_accepts(
@@ -137,7 +178,7 @@ async def test_a_server_that_generated_its_secret_offers_a_token_it_accepts(
     application = create_app(Settings(database_url=database_url, auth_secret=None))
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as local:
+        async with httpx.AsyncClient(transport=transport, base_url=LOCAL_ORIGIN) as local:
             token = (await local.get("/inbox/development-token")).json()["token"]
             signed_in = await local.post(
                 "/graphql",

@@ -114,6 +114,18 @@ async function showSignIn(message = "") {
 }
 
 async function signIn(rawToken) {
+  if (state.signingIn) {
+    return; // a second Enter while the first sign-in is checked
+  }
+  state.signingIn = true;
+  try {
+    await checkAndSignIn(rawToken);
+  } finally {
+    state.signingIn = false;
+  }
+}
+
+async function checkAndSignIn(rawToken) {
   const token = rawToken.trim().replace(/^Bearer\s+/i, "");
   try {
     await request(token, "query SignIn { unreadCount }");
@@ -217,13 +229,15 @@ function renderThreadList() {
     if (state.open?.id === thread.id) {
       button.setAttribute("aria-current", "true");
     }
-    const unread = thread.unreadCount > 0 ? `, ${thread.unreadCount} unread` : "";
-    button.setAttribute("aria-label", `${threadName(thread)}${unread}`);
+    // Read as it shows: name, time, preview, then how many are unread (the badge is visual).
     button.append(
       element("span", "thread-name", threadName(thread)),
       element("time", "thread-time", formatTime(thread.lastMessageAt)),
       element("span", "thread-preview", preview(thread.lastMessage)),
     );
+    if (thread.unreadCount > 0) {
+      button.append(element("span", "visually-hidden", `, ${thread.unreadCount} unread`));
+    }
     const badge = element("span", "badge", String(thread.unreadCount));
     badge.hidden = thread.unreadCount === 0;
     badge.setAttribute("aria-hidden", "true");
@@ -293,7 +307,11 @@ async function loadMessages({ older }) {
   const { messages, ...thread } = data.thread;
   rememberThread(thread);
   for (const { node } of messages.edges) {
-    open.messages.set(node.id, node);
+    // A live tick may be ahead of what this page read (or have come before the message).
+    const known = open.messages.get(node.id) ?? open.earlyStatuses.get(node.id);
+    open.earlyStatuses.delete(node.id);
+    const ahead = known && known.status !== node.status && !replacesStatus(known.status, node.status);
+    open.messages.set(node.id, ahead ? { ...node, status: known.status, deliveryError: known.deliveryError } : node);
   }
   // Only the first page (or an older one) says where the next older page starts; a refetch
   // of the newest messages after a reconnection leaves it as it was.
@@ -340,6 +358,9 @@ function closeThreadView() {
 function renderThread() {
   const open = state.open;
   const thread = state.threads.get(open.id);
+  if (!thread) {
+    return; // a refetch of the list is under way; loadMessages draws it when it has it
+  }
   $("thread-title").textContent = threadName(thread);
   $("thread-subtitle").textContent = thread.contactName && thread.phone ? thread.phone : "";
   const messages = [...open.messages.values()].sort(
@@ -365,9 +386,13 @@ function showMessages(messages) {
   for (const message of messages) {
     const drawn = renderMessage(message);
     let node = shown.get(message.id);
-    if (!node || node.outerHTML !== drawn.outerHTML) {
-      node?.remove();
+    if (!node) {
       node = drawn;
+    } else if (node.outerHTML !== drawn.outerHTML) {
+      // In place (a tick, a deletion): the log announces additions only, not this message
+      // again.
+      node.className = drawn.className;
+      node.replaceChildren(...drawn.childNodes);
     }
     const position = previous ? previous.nextSibling : list.firstChild;
     if (node !== position) {
@@ -479,7 +504,7 @@ function renderReplyBox(thread) {
     reason = `The customer service window closed ${formatTime(thread.serviceWindowExpiresAt)}: WhatsApp accepts only template messages until the customer writes again.`;
   }
   $("reply-body").disabled = !open;
-  $("reply-send").disabled = !open;
+  $("reply-send").disabled = !open || Boolean(state.open?.sending);
   $("reply-disabled-reason").textContent = reason;
   $("reply-disabled-reason").hidden = open;
   clearTimeout(replyWindowTimer);
@@ -496,12 +521,16 @@ async function sendReply() {
   if (!open || !body || $("reply-send").disabled) {
     return;
   }
+  open.sending = true; // one reply at a time: live redraws of the box must not re-enable Send
   $("reply-send").disabled = true;
   $("reply-error").textContent = "";
   try {
     const data = await call(SEND_MESSAGE, { threadId: open.id, body });
-    // Stored PENDING; the ticks follow messageStatusChanged from here.
-    $("reply-body").value = "";
+    // Stored PENDING; the ticks follow messageStatusChanged from here. What was typed while
+    // it was being sent stays.
+    if (state.open === open && $("reply-body").value.trim() === body) {
+      $("reply-body").value = "";
+    }
     receiveMessage(data.sendMessage);
   } catch (error) {
     if (error.code === "OUTSIDE_SERVICE_WINDOW" && "serviceWindowExpiresAt" in error.extensions) {
@@ -509,6 +538,7 @@ async function sendReply() {
     }
     $("reply-error").textContent = error instanceof GraphQLRequestError ? error.message : "The reply could not be sent: the server could not be reached.";
   } finally {
+    open.sending = false;
     if (state.open === open) {
       renderReplyBox(state.threads.get(open.id));
     }
@@ -519,6 +549,7 @@ async function sendReply() {
 // Live updates: one websocket, four subscriptions, no polling.
 
 function connectLive() {
+  state.live?.dispose(); // never two sockets: events of an old sign-in must not draw here
   state.live = liveClient(state.token, {
     onState: (connection) => {
       if (state.token === null) {
@@ -531,7 +562,7 @@ function connectLive() {
     },
     onConnected: (wasRetry) => {
       if (wasRetry) {
-        inBackground(refetchMissed);
+        scheduleRefetch();
       }
     },
   });
@@ -550,6 +581,14 @@ function connectLive() {
     state.threads.delete(event.fromThreadId);
     if (state.open?.id === event.fromThreadId) {
       inBackground(() => openThread(event.intoThreadId));
+    } else if (state.open?.id === event.intoThreadId) {
+      // The open thread took the other one's messages (and its unread ones).
+      inBackground(async () => {
+        await loadMessages({ older: false });
+        if (document.visibilityState === "visible") {
+          await markRead(event.intoThreadId);
+        }
+      });
     }
     inBackground(() => loadThreads({ reset: true }));
   });
@@ -597,18 +636,43 @@ function replacesStatus(current, proposed) {
 }
 
 function subscribeLive(query, onData) {
-  subscribe(state.live, query, {}, {
-    onData,
+  const client = state.live;
+  subscribe(client, query, {}, {
+    onData: (data) => {
+      if (state.live === client) {
+        onData(data);
+      }
+    },
     onError: (errors) => {
+      if (state.live !== client) {
+        return;
+      }
       if (errors.some((error) => error.extensions?.code === "RESYNC_REQUIRED")) {
-        // This subscriber fell behind and missed events: refetch, then subscribe again.
-        inBackground(refetchMissed);
+        // This subscriber fell behind and missed events: subscribe again, then refetch.
         subscribeLive(query, onData);
+        scheduleRefetch();
       } else {
         console.warn("subscription ended", query.trim().split(/\s+/)[1], errors);
       }
     },
   });
+}
+
+// The subscriptions a reconnection (or a resync) sends again are registered a moment after
+// the socket is back: refetching then, once for all of them, leaves no gap between what the
+// refetch read and what the subscriptions deliver.
+const REFETCH_AFTER_MS = 300;
+let refetchTimer = null;
+
+function scheduleRefetch() {
+  if (refetchTimer === null) {
+    refetchTimer = setTimeout(() => {
+      refetchTimer = null;
+      if (state.token !== null) {
+        inBackground(refetchMissed);
+      }
+    }, REFETCH_AFTER_MS);
+  }
 }
 
 /** After the socket was down (or fell behind): refetch what it may have missed. */
@@ -736,6 +800,12 @@ function wireEvents() {
     inBackground(() => signIn($("token").value));
   });
   $("sign-out").addEventListener("click", () => signOut());
+  document.addEventListener("visibilitychange", () => {
+    // Messages that arrived while this tab was hidden were not read; now they are.
+    if (document.visibilityState === "visible" && state.open && state.token !== null) {
+      inBackground(() => markRead(state.open.id));
+    }
+  });
   $("load-more-threads").addEventListener("click", () => inBackground(() => loadThreads({ reset: false })));
   $("load-older").addEventListener("click", () => inBackground(loadOlderMessages));
   $("message-scroller").addEventListener("scroll", () => {
@@ -749,7 +819,9 @@ function wireEvents() {
     document.querySelector(`[data-thread-id="${threadId}"]`)?.focus();
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.open) {
+    // Escape goes back to the list, unless it would throw away a reply being written.
+    const writing = event.target === $("reply-body") && $("reply-body").value.trim() !== "";
+    if (event.key === "Escape" && state.open && !writing) {
       $("back-to-list").click();
     }
   });
