@@ -38,18 +38,29 @@ class CloudApi:
         self.version = version
         # httpx's timeouts bound each read; an answer trickling in must not outlive the lease.
         self.total_timeout_s = timeout_s
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            # Short keep-alive: a pooled connection the far end has already closed fails as
-            # "disconnected without a response", which would count as an unknown outcome.
-            limits=httpx.Limits(max_connections=20, keepalive_expiry=4.0),
-            transport=transport,
-            headers={"user-agent": "wa-inbox"},
-            follow_redirects=False,
-        )
+        self._timeout_s = timeout_s
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        # Made at the first send: its TLS context takes ~50 ms to load, which a server that
+        # never sends (and every test app) need not pay at start.
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._timeout_s, connect=min(self._timeout_s, 10.0)),
+                # Short keep-alive: a pooled connection the far end has already closed fails
+                # as "disconnected without a response", which would count as an unknown outcome.
+                limits=httpx.Limits(max_connections=20, keepalive_expiry=4.0),
+                transport=self._transport,
+                headers={"user-agent": "wa-inbox"},
+                follow_redirects=False,
+            )
+        return self._client
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     async def post_message(
         self, phone_number_id: str, access_token: str, request: dict[str, Any]
@@ -57,7 +68,7 @@ class CloudApi:
         url = f"{self.base_url}/{self.version}/{phone_number_id}/messages"
         try:
             async with asyncio.timeout(self.total_timeout_s):
-                response = await self._client.post(
+                response = await self._http().post(
                     url, json=request, headers={"authorization": f"Bearer {access_token}"}
                 )
         except TimeoutError:
