@@ -139,6 +139,9 @@ async def running_app(settings: Settings) -> AsyncIterator[GraphQLClient]:
     """An app of this test's own (its lifespan included), and a client of business 1."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        # Nothing here sends, and the machines TRUNCATE between examples: its
+        # AccessExclusiveLocks and a sender's poll (the outbox, then messages) deadlock.
+        await app.state.sender.stop()
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield GraphQLClient(http, business_id=1)
