@@ -14,14 +14,14 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db import inbox_reads, outbox, statements
+from db import outbox, statements
 from db.unit_of_work import Sessions, run_unit_of_work
 from domain.customer_identities import on_current_thread
 from domain.errors import BadInput, DomainError, NotFound
 from domain.events import MessageStored
 from domain.models import Direction, Message, MessageStatus, Source, Thread
 from domain.storable_text import is_storable
-from domain.threads import SERVICE_WINDOW
+from domain.threads import find_thread_by_id, service_windows_expiring
 
 # The Cloud API's limit for a text message's body.
 MAX_TEXT_BODY_LENGTH = 4096
@@ -148,7 +148,9 @@ async def send(
 
     async def work(session: AsyncSession) -> SendOutcome:
         sent_at = now or datetime.now(UTC)
-        thread = await _current_thread(session, business_id, thread_id)
+        thread = await find_thread_by_id(session, business_id, thread_id)
+        if thread is None:
+            raise NotFound("no thread with that id")
         if isinstance(content, TextToSend):
             await _require_open_window(session, business_id, thread.id, sent_at)
         phone_number_id = await _sending_channel(session, business_id)
@@ -217,23 +219,10 @@ async def send(
     return await run_unit_of_work(sessions, work, business_id=business_id)
 
 
-async def _current_thread(session: AsyncSession, business_id: int, thread_id: int) -> Thread:
-    async def read(conversation_id: int) -> Any:
-        rows = await inbox_reads.conversations_by_ids(session, business_id, [conversation_id])
-        return rows.get(conversation_id)
-
-    row = await on_current_thread(session, business_id, thread_id, read)
-    if row is None:
-        raise NotFound("no thread with that id")
-    return Thread.from_row(row)
-
-
 async def _require_open_window(
     session: AsyncSession, business_id: int, thread_id: int, at: datetime
 ) -> None:
-    written = await inbox_reads.latest_customer_message_times(session, business_id, [thread_id])
-    latest = written.get(thread_id)
-    expires = latest + SERVICE_WINDOW if latest is not None else None
+    expires = (await service_windows_expiring(session, business_id, [thread_id])).get(thread_id)
     if expires is None or expires <= at:
         raise OutsideServiceWindow(expires)
 

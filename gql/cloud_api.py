@@ -36,8 +36,8 @@ class CloudApi:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.version = version
-        # httpx's timeouts bound each read; an answer trickling in must not outlive the lease.
-        self.total_timeout_s = timeout_s
+        # httpx's timeouts bound each read; the whole request is bounded by it too (below), so
+        # an answer trickling in cannot outlive the lease.
         self._timeout_s = timeout_s
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -67,7 +67,7 @@ class CloudApi:
     ) -> AttemptResult:
         url = f"{self.base_url}/{self.version}/{phone_number_id}/messages"
         try:
-            async with asyncio.timeout(self.total_timeout_s):
+            async with asyncio.timeout(self._timeout_s):
                 response = await self._http().post(
                     url, json=request, headers={"authorization": f"Bearer {access_token}"}
                 )

@@ -90,7 +90,7 @@ class Context:
     group_commit: GroupCommit | None = None
     # Seals channel access tokens (CHANNEL_SECRET_KEY); None when the server has no key.
     token_vault: TokenVault | None = None
-    sending: Sending = field(default_factory=lambda: Sending())
+    sending: Sending = field(default_factory=Sending)
     reads: RequestReads = field(init=False)
     loaders: Loaders = field(init=False)
 
@@ -121,7 +121,7 @@ class ContextFactory:
     publish: Callable[[InboxEvent | None], None]
     group_commit: GroupCommit | None = None
     token_vault: TokenVault | None = None
-    sending: "Sending" = field(default_factory=lambda: Sending())
+    sending: "Sending" = field(default_factory=Sending)
 
     def __call__(self, principal: Principal, request_id: str) -> Context:
         return Context(
